@@ -1,0 +1,414 @@
+"""An asyncio ttrpc server for unary calls.
+
+The IO here is thin: each connection is an ``asyncio.Protocol`` whose
+``data_received`` feeds a :class:`~shim.ttrpc.codec.FrameDecoder` and
+dispatches the events. Every accepted request runs as its own task, because
+containerd keeps ``Wait`` outstanding on a connection while it sends ``Start``,
+``Kill`` and the rest on the same one (shim-protocol.md §1.1, pitfall 5).
+
+A reply is one ``transport.write`` of a whole frame, so replies never
+interleave. While the transport asks us to pause writing, handler tasks wait
+before writing and the connection stops reading new requests.
+
+Errors meet the wire in :func:`_invoke` only: an :class:`RpcError` is an
+expected answer, anything else is logged with its traceback and answered
+Unknown with the exception text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import struct
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import betterproto
+
+from shim.api.ttrpc import Request
+from shim.ttrpc import codec
+from shim.ttrpc.status import Code, RpcError
+
+__all__ = ["CallContext", "Handler", "Server"]
+
+log = logging.getLogger("shim.ttrpc")
+
+NAMESPACE_KEY = "containerd-namespace-ttrpc"
+
+_M = TypeVar("_M", bound=betterproto.Message)
+Handler = Callable[[Any, "CallContext"], Awaitable[betterproto.Message]]
+"""A method implementation: (decoded request, context) -> response message."""
+
+_PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+
+
+@dataclass(frozen=True, slots=True)
+class CallContext:
+    """What a handler knows about its call besides the request message."""
+
+    service: str
+    method: str
+    stream_id: int
+    metadata: dict[str, list[str]]
+    """Request metadata; keys lower-cased (Go's MD helpers do the same), values in order."""
+    namespace: str | None
+    """The ``containerd-namespace-ttrpc`` value containerd puts on every call."""
+    timeout: float | None
+    """The caller's remaining time in seconds when the request arrived (timeout_nano)."""
+    deadline: float | None
+    """``timeout`` as an absolute time on the event loop's clock (``loop.time()``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Method:
+    request_type: type[betterproto.Message]
+    handler: Handler
+
+
+class Server:
+    """Serves registered unary methods on an already listening unix socket."""
+
+    def __init__(self, *, require_same_user: bool = True) -> None:
+        # Go's ttrpc server only talks to peers with its own uid and gid
+        # (UnixSocketRequireSameUser); containerd and its shims always match.
+        self._require_same_user = require_same_user
+        self._methods: dict[tuple[str, str], _Method] = {}
+        self._services: set[str] = set()
+        self._listener: asyncio.AbstractServer | None = None
+        self._connections: set[_Connection] = set()
+        self._closed = asyncio.Event()
+        self._closing = False
+
+    @property
+    def closing(self) -> bool:
+        """Whether :meth:`close` or :meth:`shutdown` has begun."""
+        return self._closing
+
+    # --- registration ---------------------------------------------------------
+
+    def register(
+        self,
+        service: str,
+        method: str,
+        request_type: type[_M],
+        handler: Callable[[_M, CallContext], Awaitable[betterproto.Message]],
+    ) -> None:
+        """Serve ``service``/``method``; a second registration of the pair is an error."""
+        key = (service, method)
+        if key in self._methods:
+            raise ValueError(f"{service}/{method} is already registered")
+        self._methods[key] = _Method(request_type, handler)
+        self._services.add(service)
+
+    def register_service(
+        self,
+        names: Sequence[str],
+        methods: Mapping[str, tuple[type[betterproto.Message], Handler]],
+    ) -> None:
+        """Register one method table under each of several service names."""
+        for name in names:
+            for method, (request_type, handler) in methods.items():
+                self.register(name, method, request_type, handler)
+
+    # --- lifecycle ------------------------------------------------------------
+
+    async def serve_socket(self, sock: socket.socket) -> None:
+        """Start accepting on ``sock`` (bound and listening) and return.
+
+        The server takes ownership of ``sock``; :meth:`close` or
+        :meth:`shutdown` closes it. Use :meth:`wait_closed` to block.
+        """
+        if self._listener is not None:
+            raise RuntimeError("server is already serving")
+        loop = asyncio.get_running_loop()
+        self._listener = await loop.create_unix_server(lambda: _Connection(self), sock=sock)
+
+    async def wait_closed(self) -> None:
+        """Block until :meth:`close` or :meth:`shutdown` has finished."""
+        await self._closed.wait()
+
+    async def shutdown(self, timeout: float = 5.0) -> None:
+        """Stop gracefully: stop accepting, answer new requests Unavailable, give
+        in-flight handlers up to ``timeout`` seconds to finish and their replies
+        to be written, then close every connection (cancelling what is left).
+
+        Do not await this from inside a handler: the handler's own reply would
+        be lost. Let the handler return and shut down from the outside.
+        """
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        self._begin_close()
+        current = asyncio.current_task()
+        tasks = {t for c in self._connections for t in c.tasks if t is not current}
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=timeout)
+            if pending:
+                log.warning("ttrpc: %d handlers still running after %.1fs", len(pending), timeout)
+        conns = list(self._connections)
+        for conn in conns:
+            conn.close()
+        await _wait_lost(conns, max(0.0, end - loop.time()))
+        await self._finish(conns)
+
+    async def close(self) -> None:
+        """Stop now: stop accepting, drop every connection, cancel every handler."""
+        self._begin_close()
+        conns = list(self._connections)
+        for conn in conns:
+            conn.abort()
+        await self._finish(conns)
+
+    def _begin_close(self) -> None:
+        self._closing = True
+        if self._listener is not None:
+            self._listener.close()
+
+    async def _finish(self, conns: list[_Connection]) -> None:
+        for conn in conns:
+            conn.abort()
+        tasks = {t for c in conns for t in c.tasks}
+        if tasks:
+            # A handler that swallows cancellation must not hold shutdown hostage.
+            await asyncio.wait(tasks, timeout=_CANCEL_GRACE)
+        await _wait_lost(conns, _CANCEL_GRACE)
+        self._closed.set()
+
+    # --- dispatch (called by connections) ---------------------------------------
+
+    def lookup(self, service: str, method: str) -> _Method | RpcError:
+        """The method for a request, or the Unimplemented error Go's server gives."""
+        found = self._methods.get((service, method))
+        if found is not None:
+            return found
+        if service not in self._services:
+            return RpcError(f"service {service}", Code.UNIMPLEMENTED)
+        return RpcError(f"method {method}", Code.UNIMPLEMENTED)
+
+    def accept_peer(self, transport: asyncio.BaseTransport) -> bool:
+        """The SO_PEERCRED check of Go's UnixSocketRequireSameUser."""
+        if not self._require_same_user:
+            return True
+        sock = transport.get_extra_info("socket")
+        if sock is None:
+            return True
+        try:
+            raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
+        except OSError as exc:
+            log.warning("ttrpc: refusing connection: cannot read peer credentials: %s", exc)
+            return False
+        pid, uid, gid = _PEERCRED.unpack(raw)
+        if (uid, gid) != (os.getuid(), os.getgid()):
+            log.warning("ttrpc: refusing connection from pid %d (uid %d, gid %d)", pid, uid, gid)
+            return False
+        return True
+
+
+# How long cancelled handlers and aborted transports get to wind down.
+_CANCEL_GRACE = 1.0
+
+
+async def _wait_lost(conns: Sequence[_Connection], timeout: float) -> None:
+    waiting = [c.lost for c in conns if not c.lost.done()]
+    if waiting:
+        await asyncio.wait(waiting, timeout=timeout)
+
+
+class _Connection(asyncio.Protocol):
+    """One client connection: decode frames, start handler tasks, write replies."""
+
+    def __init__(self, server: Server) -> None:
+        self._server = server
+        self._decoder = codec.FrameDecoder()
+        self._transport: asyncio.Transport | None = None
+        self._last_stream_id = 0
+        self._writable = asyncio.Event()
+        self._writable.set()
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    # --- asyncio callbacks --------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        if self._server.closing or not self._server.accept_peer(transport):
+            transport.abort()
+            return
+        self._server._connections.add(self)
+        log.debug("ttrpc: connection opened")
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            events = self._decoder.feed(data)
+        except codec.ProtocolError as exc:
+            log.warning("ttrpc: closing connection: %s", exc)
+            self.abort()
+            return
+        for event in events:
+            self._dispatch(event)
+
+    def eof_received(self) -> bool:
+        try:
+            self._decoder.eof()
+        except codec.ProtocolError as exc:
+            log.debug("ttrpc: %s", exc)
+        # EOF means the client is gone, as in Go's server: a half-closed and a
+        # closed socket look the same here, and a gone client's Wait calls
+        # must not linger. Returning False closes the transport.
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._server._connections.discard(self)
+        for task in self.tasks:
+            task.cancel()
+        # Writers parked on back-pressure must wake up and see the closed transport.
+        self._writable.set()
+        if not self.lost.done():
+            self.lost.set_result(None)
+        log.debug("ttrpc: connection closed (%s)", exc or "eof")
+
+    def pause_writing(self) -> None:
+        # Stop taking requests while the peer is not reading our replies.
+        self._writable.clear()
+        if self._transport is not None:
+            self._transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self._writable.set()
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.resume_reading()
+
+    # --- closing ------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close after the buffered replies are written."""
+        if self._transport is not None:
+            self._transport.close()
+
+    def abort(self) -> None:
+        """Close now, dropping unwritten replies."""
+        if self._transport is not None:
+            self._transport.abort()
+
+    # --- dispatch -------------------------------------------------------------------
+
+    def _dispatch(self, event: codec.Event) -> None:
+        if isinstance(event, codec.FrameTooLarge):
+            if event.type is codec.FrameType.REQUEST:
+                self._reply_now(event.stream_id, Code.RESOURCE_EXHAUSTED, event.message)
+            return
+        if event.type is not codec.FrameType.REQUEST:
+            # Streaming data and stray responses have no place in a unary server.
+            log.debug("ttrpc: ignoring %s frame on stream %d", event.type.name, event.stream_id)
+            return
+        stream_id = event.stream_id
+        # The stream id rules of ttrpc 1.2's server, with its status texts.
+        if stream_id % 2 != 1:
+            msg = "StreamID must be odd for client initiated streams"
+            self._reply_now(stream_id, Code.INVALID_ARGUMENT, msg)
+            return
+        if stream_id <= self._last_stream_id:
+            msg = "StreamID cannot be re-used and must increment"
+            self._reply_now(stream_id, Code.INVALID_ARGUMENT, msg)
+            return
+        self._last_stream_id = stream_id
+        try:
+            request = codec.decode_request(event.data)
+        except codec.EnvelopeError as exc:
+            self._reply_now(stream_id, Code.INVALID_ARGUMENT, f"unmarshal request error: {exc}")
+            return
+        if self._server.closing:
+            self._reply_now(stream_id, Code.UNAVAILABLE, "ttrpc: server closed")
+            return
+        method = self._server.lookup(request.service, request.method)
+        if isinstance(method, RpcError):
+            self._reply_now(stream_id, method.code, method.message)
+            return
+        task = asyncio.get_running_loop().create_task(
+            self._serve(stream_id, request, method),
+            name=f"ttrpc {request.service}/{request.method} stream {stream_id}",
+        )
+        self.tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _reply_now(self, stream_id: int, code: Code, message: str) -> None:
+        # Small error replies skip back-pressure: reading is already paused
+        # whenever writing is, so they cannot pile up.
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.write(codec.encode_response(stream_id, code=code, message=message))
+
+    async def _serve(self, stream_id: int, request: Request, method: _Method) -> None:
+        payload, code, message = await _invoke(method, _context(stream_id, request), request)
+        try:
+            frame = codec.encode_response(stream_id, payload, code=code, message=message)
+        except codec.MessageTooLargeError as exc:
+            # Go's server drops the connection here; a status is kinder to the caller.
+            log.error("ttrpc: %s/%s reply too large: %s", request.service, request.method, exc)
+            frame = codec.encode_response(stream_id, code=Code.RESOURCE_EXHAUSTED, message=str(exc))
+        await self._writable.wait()
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.write(frame)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("ttrpc: %s crashed", task.get_name(), exc_info=exc)
+
+
+def _context(stream_id: int, request: Request) -> CallContext:
+    metadata: dict[str, list[str]] = {}
+    for kv in request.metadata:
+        metadata.setdefault(kv.key.lower(), []).append(kv.value)
+    # Like Go's getRequestContext: only zero means "no deadline"; a negative
+    # value is a deadline the caller has already missed.
+    timeout = request.timeout_nano / 1e9 if request.timeout_nano != 0 else None
+    deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
+    namespace = metadata.get(NAMESPACE_KEY, [None])[0]
+    return CallContext(
+        service=request.service,
+        method=request.method,
+        stream_id=stream_id,
+        metadata=metadata,
+        namespace=namespace,
+        timeout=timeout,
+        deadline=deadline,
+    )
+
+
+async def _invoke(method: _Method, ctx: CallContext, request: Request) -> tuple[bytes, Code, str]:
+    """Run one handler; the only place where its outcome becomes a wire status."""
+    try:
+        message = codec.decode_message(method.request_type, request.payload)
+    except codec.EnvelopeError as exc:
+        return b"", Code.INVALID_ARGUMENT, f"unmarshal request error: {exc}"
+    scope = asyncio.timeout_at(ctx.deadline)
+    try:
+        async with scope:
+            reply = await method.handler(message, ctx)
+        if not isinstance(reply, betterproto.Message):
+            raise TypeError(f"handler returned {type(reply).__name__}, not a message")
+        return bytes(reply), Code.OK, ""
+    except RpcError as exc:
+        # An OK code on an exception would read as success with no payload.
+        code = Code.UNKNOWN if exc.code is Code.OK else exc.code
+        return b"", code, exc.message
+    except TimeoutError as exc:
+        if scope.expired():
+            return b"", Code.DEADLINE_EXCEEDED, "context deadline exceeded"
+        return _unexpected(ctx, exc)
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise  # our connection or server is going away: no reply
+        # The handler awaited something that someone else cancelled.
+        return b"", Code.CANCELLED, "context canceled"
+    except Exception as exc:
+        return _unexpected(ctx, exc)
+
+
+def _unexpected(ctx: CallContext, exc: Exception) -> tuple[bytes, Code, str]:
+    log.error("ttrpc: %s/%s failed", ctx.service, ctx.method, exc_info=exc)
+    return b"", Code.UNKNOWN, f"{type(exc).__name__}: {exc}"
