@@ -1,0 +1,97 @@
+"""The ``delete`` action: clean up after a shim that is gone or done.
+
+containerd runs it after every task teardown and when it cannot reach the shim
+(shim-protocol.md §3.9). It must work without the daemon, touch only the one
+container named by ``-id``, and print a DeleteResponse. In the normal path the
+daemon has already cleaned up and this finds nothing to do, quickly: it is on
+``ctr run --rm``'s critical path, so it neither imports betterproto nor runs
+runsc unless state is left.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+__all__ = ["delete_action", "encode_delete_response"]
+
+_STATE_FILE = "gvisorgpu-shim.json"  # written by shim.task.container at Create
+_KILLED = 128 + 9
+
+
+def _varint(value: int) -> bytes:
+    value &= (1 << 64) - 1
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def encode_delete_response(pid: int, exit_status: int, exited_at: float) -> bytes:
+    """containerd.task.v2.DeleteResponse: pid=1, exit_status=2, exited_at=3
+    (google.protobuf.Timestamp seconds=1, nanos=2). Defaults are omitted."""
+    seconds = int(exited_at)
+    nanos = int((exited_at - seconds) * 1e9)
+    ts = b""
+    if seconds:
+        ts += b"\x08" + _varint(seconds)
+    if nanos:
+        ts += b"\x10" + _varint(nanos)
+    out = b""
+    if pid:
+        out += b"\x08" + _varint(pid)
+    if exit_status:
+        out += b"\x10" + _varint(exit_status)
+    return out + b"\x1a" + _varint(len(ts)) + ts
+
+
+def _read_pid(bundle: str) -> int:
+    with contextlib.suppress(OSError, ValueError):
+        return int(Path(bundle, "init.pid").read_text().strip())
+    return 0
+
+
+def _runsc_delete(bundle: str, container_id: str) -> None:
+    try:
+        state = json.loads(Path(bundle, _STATE_FILE).read_text())
+    except (OSError, ValueError):
+        return
+    root = state.get("root")
+    if not root or not os.path.isdir(root) or not os.listdir(root):
+        return  # the daemon already deleted it
+    argv = [state["binary"], *state["args"], "delete", "--force", container_id]
+    subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.PIPE, timeout=4, check=False)
+    with contextlib.suppress(OSError):
+        os.rmdir(root)
+
+
+def delete_action(bundle: str, container_id: str, *, socket_file: str) -> bytes:
+    from shim.bundle import unmount_all
+
+    _runsc_delete(bundle, container_id)
+    unmount_all(os.path.join(bundle, "rootfs"))
+    with contextlib.suppress(OSError):
+        if not _alive(socket_file):
+            os.unlink(socket_file)
+    return encode_delete_response(_read_pid(bundle), _KILLED, time.time())
+
+
+def _alive(path: str) -> bool:
+    import socket
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        try:
+            s.connect(path)
+        except OSError:
+            return False
+        return True

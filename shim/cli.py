@@ -1,0 +1,200 @@
+"""Command line: the shim protocol's actions and the commands for people.
+
+containerd runs ``containerd-shim-gvisorgpu-v1 [Go-style flags] start|delete``
+(shim-protocol.md §3). ``start`` is on containerd's critical path, so this
+module imports only the standard library's light modules; the daemon's heavy
+imports (asyncio, betterproto, the generated API) happen after the fork, in the
+child, while containerd is already dialling the socket that ``start`` bound.
+
+People run ``plan``, ``doctor`` and ``version`` with ordinary ``--long`` options.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import socket
+import stat
+import sys
+from dataclasses import dataclass, field
+
+__all__ = ["ShimFlags", "main", "parse_shim_flags", "socket_path"]
+
+NAME = "containerd-shim-gvisorgpu-v1"
+VERSION = "0.1.0"
+# containerd's Go shims keep their sockets here whatever containerd's state dir
+# is (a compile-time constant in containerd, shim-protocol.md §3.4).
+SOCKET_DIR = "/run/containerd/s"
+_BOOL_FLAGS = frozenset({"debug", "v", "version", "info", "h", "help"})
+_USER_COMMANDS = frozenset({"plan", "doctor", "version", "help", "--help", "-h", "--version"})
+
+
+@dataclass
+class ShimFlags:
+    namespace: str = ""
+    address: str = ""
+    publish_binary: str = ""
+    id: str = ""
+    bundle: str = ""
+    socket: str = ""
+    debug: bool = False
+    version: bool = False
+    info: bool = False
+    action: str = ""
+    args: list[str] = field(default_factory=list)
+    unknown: list[str] = field(default_factory=list)
+
+
+def parse_shim_flags(argv: list[str]) -> ShimFlags:
+    """Go ``flag`` rules: ``-name value``, ``-name=value``, ``--name``; booleans
+    take no value; parsing stops at the first non-flag. Unknown flags are kept
+    aside rather than fatal, so a newer containerd's extra flag cannot break us."""
+    flags = ShimFlags()
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--" or not arg.startswith("-") or arg == "-":
+            flags.args = argv[i + 1:] if arg == "--" else argv[i:]
+            break
+        name, eq, value = arg.lstrip("-").partition("=")
+        key = name.replace("-", "_")
+        if name in _BOOL_FLAGS:
+            truthy = not eq or value.lower() in ("1", "t", "true")
+            attr = {"v": "version", "h": "version", "help": "version"}.get(name, name)
+            setattr(flags, attr, truthy)
+        elif hasattr(flags, key) and key not in ("action", "args", "unknown"):
+            if not eq:
+                i += 1
+                value = argv[i] if i < len(argv) else ""
+            setattr(flags, key, value)
+        else:
+            flags.unknown.append(arg)
+            if not eq and i + 1 < len(argv) and not argv[i + 1].startswith("-") \
+                    and argv[i + 1] not in ("start", "delete", "serve"):
+                i += 1
+                flags.unknown.append(argv[i])
+        i += 1
+    if flags.args:
+        flags.action, flags.args = flags.args[0], flags.args[1:]
+    return flags
+
+
+def socket_path(address: str, namespace: str, group: str) -> str:
+    digest = hashlib.sha256(f"{address}/{namespace}/{group}".encode()).hexdigest()
+    return os.path.join(SOCKET_DIR, digest)
+
+
+def _connectable(path: str) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        try:
+            s.connect(path)
+        except OSError:
+            return False
+        return True
+
+
+def _listen(path: str) -> socket.socket:
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(path)
+    os.chmod(path, stat.S_IRUSR | stat.S_IWUSR)
+    sock.listen(128)
+    return sock
+
+
+def _write_address(bundle: str, address: str) -> None:
+    # No trailing newline: containerd 1.x reads this file verbatim (§3.5).
+    tmp = os.path.join(bundle, ".address.tmp")
+    with open(tmp, "w") as f:
+        f.write(address)
+    os.replace(tmp, os.path.join(bundle, "address"))
+
+
+def _start(flags: ShimFlags) -> int:
+    # The options Any on stdin is sent again in CreateTaskRequest.options.
+    with contextlib.suppress(OSError):
+        while os.read(0, 65536):
+            pass
+    bundle = os.getcwd()
+    path = flags.socket or socket_path(flags.address, flags.namespace, flags.id)
+    address = "unix://" + path
+    if os.path.exists(path) and _connectable(path):
+        _write_address(bundle, address)
+        sys.stdout.write(address)
+        return 0
+    sock = _listen(path)
+    if os.fork() == 0:
+        _become_daemon(flags, sock, bundle, path)  # never returns
+    sock.close()
+    _write_address(bundle, address)
+    sys.stdout.write(address)
+    return 0
+
+
+def _become_daemon(flags: ShimFlags, sock: socket.socket, bundle: str, path: str) -> None:
+    """In the forked child: detach, point stdio at the log FIFO, serve."""
+    code = 1
+    try:
+        os.setsid()
+        null = os.open(os.devnull, os.O_RDWR)
+        try:
+            # containerd holds this FIFO open read-write, so opening it for
+            # writing never blocks; its content lands in containerd's log.
+            log_fd = os.open(os.path.join(bundle, "log"), os.O_WRONLY | os.O_CLOEXEC)
+        except OSError:
+            log_fd = null
+        os.dup2(null, 0)
+        os.dup2(log_fd, 1)
+        os.dup2(log_fd, 2)
+        os.closerange(3, sock.fileno())
+        os.closerange(sock.fileno() + 1, 65536)
+        from shim.daemon import serve
+
+        code = serve(sock, namespace=flags.namespace, address=flags.address,
+                     container_id=flags.id, socket_file=path, debug=flags.debug)
+    except BaseException:  # the child must never return into start's code
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        os._exit(code)
+
+
+def _delete(flags: ShimFlags) -> int:
+    from shim.cleanup import delete_action
+
+    bundle = flags.bundle or os.getcwd()
+    sys.stdout.buffer.write(delete_action(
+        bundle, flags.id, socket_file=socket_path(flags.address, flags.namespace, flags.id)))
+    sys.stdout.flush()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in _USER_COMMANDS:
+        from shim.commands import run_command
+
+        return run_command(argv)
+    flags = parse_shim_flags(argv)
+    if flags.version:
+        print(f"{NAME}:\n  Version: {VERSION}\n  Runtime: io.containerd.gvisorgpu.v1")
+        return 0
+    if flags.info:
+        sys.stderr.write(f"{NAME}: -info is not supported\n")
+        return 1
+    if flags.action == "start":
+        return _start(flags)
+    if flags.action == "delete":
+        return _delete(flags)
+    sys.stderr.write(
+        f"{NAME}: unknown action {flags.action!r}; containerd runs `start` and `delete`; "
+        "people can run `plan BUNDLE`, `doctor` or `version`\n")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

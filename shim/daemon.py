@@ -1,0 +1,63 @@
+"""The long-lived shim process: reaper, ttrpc server, event publisher.
+
+Runs in the child that ``start`` forked, with stdio already on the log FIFO.
+It serves until Shutdown arrives with no container left, or SIGTERM/SIGINT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+
+from shim import log as shim_log
+from shim import reaper
+from shim.events import Publisher
+from shim.task.service import SERVICE_NAMES, TaskService
+from shim.ttrpc.server import Server
+
+__all__ = ["serve"]
+
+log = logging.getLogger("shim")
+
+# Time for the Shutdown reply to leave before the connection closes.
+_SHUTDOWN_GRACE = 2.0
+
+
+def serve(sock: socket.socket, *, namespace: str, address: str, container_id: str,
+          socket_file: str, debug: bool) -> int:
+    shim_log.setup(logging.DEBUG if debug else logging.INFO, runtime="io.containerd.gvisorgpu.v1",
+                   namespace=namespace)
+    # A log FIFO without a reader (containerd restarting) must not kill or
+    # stall the shim with logging tracebacks.
+    logging.raiseExceptions = False
+    ttrpc_address = os.environ.get("TTRPC_ADDRESS") or f"{address}.ttrpc"
+    try:
+        asyncio.run(_serve(sock, namespace, ttrpc_address, socket_file))
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(socket_file)
+    log.info("shim exited", extra={"id": container_id})
+    return 0
+
+
+async def _serve(sock: socket.socket, namespace: str, ttrpc_address: str,
+                 socket_file: str) -> None:
+    loop = asyncio.get_running_loop()
+    reaper.get_reaper().install(loop)
+    publisher = Publisher(ttrpc_address, namespace)
+    publisher.start()
+    stop = asyncio.Event()
+    service = TaskService(namespace, publisher, stop)
+    server = Server()
+    server.register_service(SERVICE_NAMES, service.handlers())
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await server.serve_socket(sock)
+    log.info("serving", extra={"socket": socket_file, "pid": os.getpid()})
+    await stop.wait()
+    await server.shutdown(timeout=_SHUTDOWN_GRACE)
+    await publisher.close()

@@ -1,0 +1,55 @@
+"""Logging in containerd's logfmt style.
+
+The daemon's stderr is the bundle's ``log`` FIFO, which containerd copies into
+its own log; lines shaped like logrus text output read naturally there:
+``time="…" level=info msg="…" key=value``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+__all__ = ["LogfmtFormatter", "setup"]
+
+_RESERVED = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None)).keys()) | {
+    "message",
+    "asctime",
+    "taskName",
+}
+
+
+def _quote(value: object) -> str:
+    text = str(value)
+    if text and all(c.isalnum() or c in "-._/:@+" for c in text):
+        return text
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+class LogfmtFormatter(logging.Formatter):
+    """``time=… level=… msg=…`` plus every ``extra=`` field, in call order."""
+
+    def __init__(self, **static: str) -> None:
+        super().__init__()
+        self._static = static
+
+    def format(self, record: logging.LogRecord) -> str:
+        ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        ts += f".{int(record.msecs * 1000):06d}Z"
+        level = record.levelname.lower().replace("warning", "warn")
+        parts = [f'time="{ts}"', f"level={level}", f"msg={_quote(record.getMessage())}"]
+        fields: dict[str, Any] = dict(self._static)
+        fields.update({k: v for k, v in vars(record).items() if k not in _RESERVED})
+        parts += [f"{k}={_quote(v)}" for k, v in fields.items()]
+        if record.exc_info:
+            parts.append(f"error={_quote(self.formatException(record.exc_info))}")
+        return " ".join(parts)
+
+
+def setup(level: int, **static: str) -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(LogfmtFormatter(**static))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)

@@ -1,0 +1,229 @@
+"""Runsc: one coroutine per subcommand, every child spawned through the reaper."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from shim import reaper
+from shim.runsc._errors import RunscError, last_error_message, log_mark
+from shim.runsc._options import (
+    CheckpointOptions,
+    CreateOptions,
+    DeleteOptions,
+    EventsOptions,
+    ExecOptions,
+    GlobalOptions,
+    KillOptions,
+    ListOptions,
+    PauseOptions,
+    PsOptions,
+    ResumeOptions,
+    StartOptions,
+    StateOptions,
+    Subcommand,
+    WaitOptions,
+    argv,
+)
+
+__all__ = ["ContainerState", "ExecStarted", "Runsc", "Stdio"]
+
+
+@dataclass(frozen=True)
+class Stdio:
+    """File descriptors for a runsc child that hands them on (None: /dev/null).
+
+    The sandbox inherits ``create``'s stdio, a subcontainer ``start``'s and an
+    exec ``exec``'s (gvisor-gpu.md §4.5). runsc's own complaints then land on
+    the container's stderr, which is why errors are read from the log.
+    """
+
+    stdin: int | None = None
+    stdout: int | None = None
+    stderr: int | None = None
+
+
+@dataclass(frozen=True)
+class ContainerState:
+    """``runsc state``: OCI state; ``pid`` is the *sandbox* pid (-1 once stopped)."""
+
+    id: str
+    status: str
+    pid: int
+    bundle: str
+    oci_version: str = ""
+    annotations: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> ContainerState:
+        return cls(
+            id=str(obj["id"]),
+            status=str(obj["status"]),
+            pid=int(obj.get("pid", -1)),
+            bundle=str(obj.get("bundle", "")),
+            oci_version=str(obj.get("ociVersion", "")),
+            annotations=dict(obj.get("annotations") or {}),
+        )
+
+
+@dataclass(frozen=True)
+class ExecStarted:
+    """A detached exec: reap ``pid`` (the ``runsc exec`` child) for its exit code."""
+
+    pid: int
+    internal_pid: int | None
+
+
+_DEFAULT_TIMEOUT = 60.0
+
+
+class Runsc:
+    """runsc bound to one set of global flags; one coroutine per subcommand."""
+
+    def __init__(self, options: GlobalOptions, *, timeout: float | None = _DEFAULT_TIMEOUT,
+                 tmpdir: str | None = None) -> None:
+        self.options = options
+        self.timeout = timeout  # for everything but `wait`
+        self.tmpdir = tmpdir  # where exec process specs are written
+
+    def argv(self, sub: Subcommand, container_id: str) -> list[str]:
+        return argv(self.options, sub, container_id)
+
+    async def create(self, container_id: str, opts: CreateOptions,
+                     stdio: Stdio | None = None) -> None:
+        await self._call(opts, container_id, stdio)
+
+    async def start(self, container_id: str, stdio: Stdio | None = None) -> None:
+        await self._call(StartOptions(), container_id, stdio)
+
+    async def wait(self, container_id: str, opts: WaitOptions | None = None) -> int:
+        """Block until the process exits; its code, 128+signal when signalled."""
+        opts = opts or WaitOptions()
+        out = await self._call(opts, container_id, timeout=None)
+        try:
+            return int(json.loads(out)["exitStatus"])
+        except (ValueError, KeyError, TypeError):
+            raise RunscError(self.argv(opts, container_id), 0,
+                             log_message=f"unexpected output {out[:200]!r}") from None
+
+    async def kill(self, container_id: str, opts: KillOptions | None = None) -> None:
+        await self._call(opts or KillOptions(), container_id)
+
+    async def delete(self, container_id: str, opts: DeleteOptions | None = None) -> None:
+        await self._call(opts or DeleteOptions(), container_id)
+
+    async def pause(self, container_id: str) -> None:
+        await self._call(PauseOptions(), container_id)
+
+    async def resume(self, container_id: str) -> None:
+        await self._call(ResumeOptions(), container_id)
+
+    async def checkpoint(self, container_id: str, opts: CheckpointOptions) -> None:
+        await self._call(opts, container_id)
+
+    async def state(self, container_id: str) -> ContainerState:
+        return ContainerState.from_json(self._json(await self._call(StateOptions(), container_id)))
+
+    async def list_containers(self) -> list[ContainerState]:
+        """``runsc list``: every container under this root."""
+        return [ContainerState.from_json(o) for o in self._json(await self._call(ListOptions(), ""))
+                or ()]
+
+    async def ps(self, container_id: str) -> list[int]:
+        """Pids inside the sandbox's pid namespace."""
+        return [int(p) for p in self._json(await self._call(PsOptions(), container_id)) or ()]
+
+    async def stats(self, container_id: str) -> dict[str, Any]:
+        """The ``data`` of ``events --stats`` (cpu, memory, pids, network_interfaces)."""
+        event = self._json(await self._call(EventsOptions(), container_id))
+        return dict(event.get("data") or {})
+
+    async def exec(
+        self,
+        container_id: str,
+        process: Mapping[str, Any],
+        *,
+        pid_file: str | None = None,
+        internal_pid_file: str | None = None,
+        console_socket: str | None = None,
+        stdio: Stdio | None = None,
+    ) -> ExecStarted:
+        """``runsc exec --detach``; the returned pid is reaped by the daemon."""
+        with tempfile.TemporaryDirectory(prefix="runsc-exec-", dir=self.tmpdir) as tmp:
+            spec = os.path.join(tmp, "process.json")
+            with open(spec, "w") as f:
+                json.dump(process, f)
+            opts = ExecOptions(
+                process=spec,
+                pid_file=pid_file or os.path.join(tmp, "pid"),
+                internal_pid_file=internal_pid_file or os.path.join(tmp, "internal.pid"),
+                console_socket=console_socket,
+            )
+            await self._call(opts, container_id, stdio)
+            assert opts.pid_file is not None and opts.internal_pid_file is not None
+            pid = _read_pid(opts.pid_file)
+            if pid is None:
+                raise RunscError(self.argv(opts, container_id), 0,
+                                 log_message=f"no pid in {opts.pid_file} after exec --detach")
+            return ExecStarted(pid, _read_pid(opts.internal_pid_file))
+
+    @staticmethod
+    def _json(out: bytes) -> Any:
+        return json.loads(out) if out.strip() else None
+
+    async def _call(self, sub: Subcommand, container_id: str, stdio: Stdio | None = None,
+                    timeout: float | Literal["default"] | None = "default") -> bytes:
+        args = self.argv(sub, container_id)
+        limit = self.timeout if timeout == "default" else timeout
+        mark = log_mark(self.options.log)
+        code, out, err = await _execute(args, stdio, limit)
+        if code is None:
+            raise RunscError(args, None, err, f"no answer within {limit:g} s; killed it")
+        if code != 0:
+            raise RunscError(args, code, err, last_error_message(self.options.log, mark))
+        return out
+
+
+def _read_pid(path: str) -> int | None:
+    try:
+        with open(path) as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+async def _execute(args: list[str], stdio: Stdio | None,
+                   timeout: float | None) -> tuple[int | None, bytes, bytes]:
+    """Run to completion; (code or None on timeout, stdout, stderr).
+
+    Unlike ``reaper.run`` this kills the child when the caller is cancelled,
+    which matters for the long ``wait``. Output goes to unlinked files rather
+    than pipes, since ``create`` leaves a sandbox that would hold a pipe open.
+    """
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        if stdio is None:
+            streams: tuple[int | None, ...] = (None, out.fileno(), err.fileno())
+        else:
+            streams = (stdio.stdin, stdio.stdout, stdio.stderr)
+        stdin, stdout, stderr = (subprocess.DEVNULL if fd is None else fd for fd in streams)
+        pid, done = reaper.spawn(args, stdin=stdin, stdout=stdout, stderr=stderr)
+        try:
+            code: int | None = await asyncio.wait_for(asyncio.shield(done), timeout)
+        except (TimeoutError, asyncio.CancelledError) as exc:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            if not isinstance(exc, TimeoutError):
+                raise
+            await done
+            code = None
+        out.seek(0)
+        err.seek(0)
+        return code, out.read(), err.read()
