@@ -76,7 +76,7 @@ def _runsc_delete(bundle: str, container_id: str) -> None:
 
 
 def delete_action(bundle: str, container_id: str, *, socket_file: str) -> bytes:
-    from shim.bundle import unmount_all
+    from shim.mount import unmount_all
 
     _runsc_delete(bundle, container_id)
     unmount_all(os.path.join(bundle, "rootfs"))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 
@@ -46,8 +45,7 @@ def _runsc_argv(config: object, caps: object, result: object, bundle: str,
 def _doctor(args: argparse.Namespace) -> int:
     from shim.doctor import run_doctor
 
-    return asyncio.run(run_doctor(args)) if asyncio.iscoroutinefunction(run_doctor) else \
-        run_doctor(args)  # type: ignore[return-value]
+    return run_doctor(args)
 
 
 def run_command(argv: list[str]) -> int:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
+import json
 import os
 import re
 import shutil
@@ -190,6 +193,57 @@ def resolve_binary(name: str) -> str:
 
 _CACHE: dict[tuple[str, int, int, int], RunscCapabilities] = {}
 _PROBE_TIMEOUT = 30.0
+# Each shim daemon is a new process, so the in-memory cache alone would
+# re-probe (four runsc runs, ~40 ms) on every container's Create. The answers
+# are kept on tmpfs too, under the same key: a replaced binary is re-probed.
+_DISK_CACHE = os.environ.get("GVISORGPU_PROBE_CACHE", "/run/containerd/gvisorgpu-shim/probe")
+
+
+def _disk_file(key: tuple[str, int, int, int]) -> str:
+    digest = hashlib.sha256(repr(key).encode()).hexdigest()[:32]
+    return os.path.join(_DISK_CACHE, f"{digest}.json")
+
+
+def _load_disk(key: tuple[str, int, int, int]) -> RunscCapabilities | None:
+    try:
+        with open(_disk_file(key)) as f:
+            data = json.load(f)
+        return RunscCapabilities(
+            path=data["path"], version=data["version"], release=data["release"],
+            flags=frozenset(data["flags"]), default_platform=data["default_platform"],
+            supported_drivers=None if data["supported_drivers"] is None
+            else tuple(data["supported_drivers"]),
+            subcommands=frozenset(data["subcommands"]),
+            platforms=None if data["platforms"] is None else frozenset(data["platforms"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _store(key: tuple[str, int, int, int], caps: RunscCapabilities) -> RunscCapabilities:
+    _CACHE[key] = caps
+    data = {
+        "path": caps.path, "version": caps.version, "release": caps.release,
+        "flags": sorted(caps.flags), "default_platform": caps.default_platform,
+        "supported_drivers": caps.supported_drivers, "subcommands": sorted(caps.subcommands),
+        "platforms": None if caps.platforms is None else sorted(caps.platforms),
+    }
+    with contextlib.suppress(OSError):
+        os.makedirs(_DISK_CACHE, mode=0o700, exist_ok=True)
+        target = _disk_file(key)
+        tmp = f"{target}.{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
+            json.dump(data, f)
+        os.replace(tmp, target)
+    return caps
+
+
+def _cached(key: tuple[str, int, int, int]) -> RunscCapabilities | None:
+    caps = _CACHE.get(key)
+    if caps is None:
+        caps = _load_disk(key)
+        if caps is not None:
+            _CACHE[key] = caps
+    return caps
 
 
 def _cache_key(path: str) -> tuple[str, int, int, int]:
@@ -205,8 +259,8 @@ async def probe(binary: str = "runsc") -> RunscCapabilities:
     """Ask ``binary`` what it supports; cached until the file changes."""
     path = resolve_binary(binary)
     key = _cache_key(path)
-    if key in _CACHE:
-        return _CACHE[key]
+    if (cached := _cached(key)) is not None:
+        return cached
 
     async def ask(*args: str, stderr: bool = False) -> tuple[int, str]:
         done = await reaper.run([path, *args], timeout=_PROBE_TIMEOUT)
@@ -217,8 +271,7 @@ async def probe(binary: str = "runsc") -> RunscCapabilities:
     drivers = None
     if "nvproxy" in parse_subcommands(helptext[1]):
         drivers = await ask(*_DRIVERS)
-    caps = _CACHE[key] = _capabilities(path, version, flags, helptext, drivers, platforms)
-    return caps
+    return _store(key, _capabilities(path, version, flags, helptext, drivers, platforms))
 
 
 def probe_sync(binary: str = "runsc") -> RunscCapabilities:
@@ -229,8 +282,8 @@ def probe_sync(binary: str = "runsc") -> RunscCapabilities:
     """
     path = resolve_binary(binary)
     key = _cache_key(path)
-    if key in _CACHE:
-        return _CACHE[key]
+    if (cached := _cached(key)) is not None:
+        return cached
 
     def ask(*args: str, stderr: bool = False) -> tuple[int, str]:
         done = subprocess.run([path, *args], capture_output=True, timeout=_PROBE_TIMEOUT,
@@ -239,6 +292,5 @@ def probe_sync(binary: str = "runsc") -> RunscCapabilities:
 
     helptext = ask("help")
     drivers = ask(*_DRIVERS) if "nvproxy" in parse_subcommands(helptext[1]) else None
-    caps = _CACHE[key] = _capabilities(
-        path, ask("--version"), ask("flags", stderr=True), helptext, drivers, ask(*_PLATFORMS))
-    return caps
+    return _store(key, _capabilities(
+        path, ask("--version"), ask("flags", stderr=True), helptext, drivers, ask(*_PLATFORMS)))

@@ -22,8 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from shim import bundle as bundle_io
-from shim import reaper
+from shim import mount, reaper
 from shim.errors import FailedPrecondition, NotFound
 from shim.runsc import CreateOptions, DeleteOptions, GlobalOptions, KillOptions, Runsc, RunscError
 from shim.runsc import Stdio as RunscStdio
@@ -31,7 +30,7 @@ from shim.task.process import Process
 from shim.task.state import Op, State
 from shim.task.stdio import ProcessIO, StdioPaths
 
-__all__ = ["Container", "CreateParams", "ExitCallback", "StartCallback", "STATE_FILE"]
+__all__ = ["STATE_FILE", "Container", "CreateParams", "ExitCallback", "StartCallback"]
 
 log = logging.getLogger("shim.task")
 
@@ -49,7 +48,7 @@ ExitCallback = Callable[[Process], None]
 class CreateParams:
     id: str
     bundle: str
-    mounts: tuple[bundle_io.MountSpec, ...]
+    mounts: tuple[mount.MountSpec, ...]
     stdio: StdioPaths
     runsc: GlobalOptions  # already planned: GPU flags, network, platform
 
@@ -84,7 +83,7 @@ class Container:
     async def _create(self) -> None:
         rootfs = os.path.join(self.bundle, "rootfs")
         if self.params.mounts:
-            bundle_io.mount_rootfs(self.params.mounts, rootfs)
+            mount.mount_rootfs(self.params.mounts, rootfs)
             self._rootfs_mounted = True
         os.makedirs(self.params.runsc.root or "", exist_ok=True)
         _write_state(self.bundle, self.params.runsc)
@@ -195,7 +194,7 @@ class Container:
         if self.init.io is not None:
             self.init.io.close()
         if self._rootfs_mounted:
-            bundle_io.unmount_all(os.path.join(self.bundle, "rootfs"))
+            mount.unmount_all(os.path.join(self.bundle, "rootfs"))
             self._rootfs_mounted = False
         _remove_root(self.params.runsc.root)
 
@@ -225,9 +224,9 @@ def runsc_log_path(bundle: str) -> str:
     return os.path.join(bundle, _RUNSC_LOG)
 
 
-def mounts_from(request_mounts: Sequence[object]) -> tuple[bundle_io.MountSpec, ...]:
+def mounts_from(request_mounts: Sequence[object]) -> tuple[mount.MountSpec, ...]:
     return tuple(
-        bundle_io.MountSpec(m.type, m.source, m.target, tuple(m.options))  # type: ignore[attr-defined]
+        mount.MountSpec(m.type, m.source, m.target, tuple(m.options))  # type: ignore[attr-defined]
         for m in request_mounts
     )
 

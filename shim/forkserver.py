@@ -1,0 +1,173 @@
+"""A warm parent for shim daemons, one per containerd.
+
+Why: containerd waits for ``start`` and then for the daemon to answer Create.
+A fresh Python daemon spends ~200 ms importing asyncio, betterproto and the
+generated API before it can answer; containerd's Go shim pays nothing like it.
+So the first ``start`` for a containerd also launches this process, which
+imports everything once and then waits. Every later ``start`` hands it the
+listening socket (SCM_RIGHTS) and it forks a daemon that is ready at once.
+
+Lifetime: it exits when the containerd that started it exits (a pidfd becomes
+readable), or after ``IDLE_EXIT`` without a request, so it never outlives the
+daemon it serves. Each daemon is double-forked so it is not this process's
+child: it outlives a forkserver exit just as a daemon forked by ``start`` does.
+
+Code changes: the socket name hashes the shim's source files' mtimes, so an
+upgraded shim never gets a daemon forked from old code.
+
+Protocol (unix stream, same uid only): one request, JSON plus two fds (the
+listening socket, the log FIFO or -1), answered ``ok`` or ``error: …``.
+"""
+
+from __future__ import annotations
+
+import array
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import select
+import socket
+import struct
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["forkserver_path", "request_daemon", "spawn_forkserver"]
+
+IDLE_EXIT = 600.0
+_REQUEST_TIMEOUT = 2.0
+_MAX_MESSAGE = 64 * 1024
+
+
+def _code_stamp() -> str:
+    root = Path(__file__).resolve().parent
+    h = hashlib.sha256(sys.executable.encode())
+    for path in sorted(root.rglob("*.py")):
+        h.update(f"{path}:{path.stat().st_mtime_ns}".encode())
+    return h.hexdigest()[:16]
+
+
+def forkserver_path(socket_dir: str, address: str) -> str:
+    key = hashlib.sha256(f"{address}|{_code_stamp()}".encode()).hexdigest()[:32]
+    return os.path.join(socket_dir, f"gvisorgpu-fs-{key}")
+
+
+def request_daemon(path: str, params: dict[str, Any], listen_fd: int, log_fd: int) -> bool:
+    """Ask a running forkserver for a daemon; False if there is none (or it failed)."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(_REQUEST_TIMEOUT)
+            s.connect(path)
+            fds = [listen_fd] + ([log_fd] if log_fd >= 0 else [])
+            s.sendmsg([json.dumps(params).encode()],
+                      [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
+            s.shutdown(socket.SHUT_WR)
+            return s.recv(256) == b"ok"
+    except OSError:
+        return False
+
+
+def spawn_forkserver(path: str, containerd_pid: int) -> None:
+    """Start one in the background (detached, nothing inherited); never waits."""
+    with contextlib.suppress(OSError):
+        subprocess.Popen(
+            [sys.executable, "-m", "shim.forkserver", path, str(containerd_pid)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True, close_fds=True, cwd="/",
+        )
+
+
+def _recv_request(conn: socket.socket) -> tuple[dict[str, Any], list[int]]:
+    fds = array.array("i")
+    msg, ancdata, _, _ = conn.recvmsg(_MAX_MESSAGE, socket.CMSG_SPACE(2 * fds.itemsize))
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(data[: len(data) - (len(data) % fds.itemsize)])
+    return json.loads(msg), list(fds)
+
+
+def _same_user(conn: socket.socket) -> bool:
+    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _, uid, gid = struct.unpack("3i", creds)
+    return uid == os.getuid() and gid == os.getgid()
+
+
+def _fork_daemon(params: dict[str, Any], fds: list[int], keep_closed: list[int]) -> None:
+    """Double fork; the grandchild becomes the daemon (never returns)."""
+    child = os.fork()
+    if child:
+        os.waitpid(child, 0)
+        return
+    try:
+        if os.fork():
+            os._exit(0)
+        for fd in keep_closed:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        os.environ.update(params.get("env") or {})
+        os.chdir(params["bundle"])
+        from shim.cli import run_daemon
+
+        sock = socket.socket(fileno=fds[0])
+        run_daemon(params, sock, fds[1] if len(fds) > 1 else -1)
+    finally:
+        os._exit(1)
+
+
+def serve(path: str, containerd_pid: int) -> None:
+    # Import what a daemon needs before the first request: that is the point.
+    import shim.daemon
+    import shim.task.create  # noqa: F401
+
+    try:
+        watch = os.pidfd_open(containerd_pid)
+        # Two starts racing may both launch one; the lock keeps only the first.
+        lock = os.open(path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    os.chmod(path, 0o600)
+    server.listen(64)
+    try:
+        while True:
+            ready, _, _ = select.select([server, watch], [], [], IDLE_EXIT)
+            if not ready or watch in ready:
+                return  # idle, or containerd is gone
+            conn, _ = server.accept()
+            with conn:
+                _handle(conn, [server.fileno(), watch, conn.fileno()])
+    finally:
+        for leftover in (path, path + ".lock"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(leftover)
+
+
+def _handle(conn: socket.socket, keep_closed: list[int]) -> None:
+    fds: list[int] = []
+    try:
+        if not _same_user(conn):
+            return
+        params, fds = _recv_request(conn)
+        if not fds:
+            conn.sendall(b"error: no socket")
+            return
+        _fork_daemon(params, fds, keep_closed)
+        conn.sendall(b"ok")
+    except (OSError, ValueError, KeyError) as e:
+        with contextlib.suppress(OSError):
+            conn.sendall(f"error: {e}".encode())
+    finally:
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+if __name__ == "__main__":
+    serve(sys.argv[1], int(sys.argv[2]))

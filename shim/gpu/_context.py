@@ -1,0 +1,72 @@
+"""The planner's working state, passed to every step.
+
+``plan`` copies the caller's spec once into ``Context.spec``; steps edit that
+copy and append to the accumulators. Nothing here outlives one ``plan`` call,
+and ``plan`` freezes the result into a ``Plan``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from shim.gpu.config import GpuConfig
+from shim.gpu.facts import HostFacts, SandboxRole
+from shim.gpu.request import GpuRequest
+
+__all__ = ["Context", "Mode", "Step"]
+
+# none: no GPU. cdi: GPUs reach the sandbox as device nodes (resolved by
+# containerd, or by us from CDI names). hook: runsc's own nvidia-container-cli
+# path, driven by the legacy prestart hook. driver: nvproxy on, no GPU named
+# (a pod sandbox, NVIDIA_VISIBLE_DEVICES=none, policy always).
+Mode = Literal["none", "cdi", "hook", "driver"]
+
+
+@dataclass
+class Context:
+    spec: dict[str, Any]
+    host: HostFacts
+    config: GpuConfig
+    container_id: str
+    role: SandboxRole
+    request: GpuRequest = field(default_factory=GpuRequest)
+    gpu: bool = False
+    mode: Mode = "none"
+    reasons: list[str] = field(default_factory=list)
+    flags: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    refusals: list[str] = field(default_factory=list)
+
+    def note(self, step: str, text: str) -> None:
+        """Why a step did what it did, or nothing (nvidia's "nil modifier" log)."""
+        self.notes.append(f"{step}: {text}")
+
+    def warn(self, text: str) -> None:
+        if text not in self.warnings:
+            self.warnings.append(text)
+
+    def refuse(self, cause: str, fix: str) -> None:
+        """Every refusal names the container, the cause and the fix."""
+        text = f"container {self.container_id}: {cause}. Fix: {fix}."
+        if text not in self.refusals:
+            self.refusals.append(text)
+
+    def has_flag(self, name: str) -> bool:
+        return name in self.host.runsc_flags
+
+    def set_flag(self, name: str, value: str) -> bool:
+        """Only flags the probed binary lists; runsc exits 2 on any other."""
+        if not self.has_flag(name):
+            return False
+        self.flags[name] = value
+        return True
+
+    @property
+    def reason_text(self) -> str:
+        return "; ".join(self.reasons) or "no GPU signal"
+
+
+Step = Callable[[Context], None]

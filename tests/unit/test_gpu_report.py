@@ -1,0 +1,192 @@
+"""render_text / render_json for the plan command, and the doctor rows."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import shim.config
+from shim.gpu.config import GpuConfig
+from shim.gpu.detect import load_cdi_specs
+from shim.gpu.doctor import Row, check_host
+from shim.gpu.facts import HostFacts
+from shim.gpu.keys import CONFIG_KEYS
+from shim.gpu.plan import plan
+from shim.gpu.report import render_json, render_text, spec_diff
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "cdi"
+HOST = HostFacts(
+    driver_version="550.90.07",
+    device_nodes={
+        "/dev/nvidiactl": (195, 255),
+        "/dev/nvidia0": (195, 0),
+        "/dev/nvidia-uvm": (508, 0),
+    },
+    runsc_path="/usr/bin/runsc",
+    runsc_version="0.0~20240729.0",
+    runsc_release=20240729,
+    runsc_flags=frozenset({"nvproxy", "nvproxy-driver-version", "platform"}),
+    runsc_default_platform="systrap",
+    runsc_platforms=frozenset({"systrap", "ptrace", "kvm"}),
+    supported_drivers=("550.90.07",),
+    cdi_specs=load_cdi_specs([str(FIXTURES / "etc"), str(FIXTURES / "run")])[0],
+)
+SPEC: dict[str, Any] = {
+    "process": {"env": ["PATH=/bin", "NVIDIA_VISIBLE_DEVICES=all"]},
+    "linux": {"devices": [{"path": "/dev/nvidiactl"}, {"path": "/dev/nvidia-modeset"}]},
+}
+ARGV = ["/usr/bin/runsc", "--root=/run/x", "--nvproxy=true", "create", "--bundle", "/b 1", "ctr"]
+
+
+def test_render_text_shows_decision_diff_and_command() -> None:
+    result = plan(SPEC, HOST, GpuConfig(), container_id="ctr")
+    text = render_text(result, original_spec=SPEC, runsc_argv=ARGV)
+    assert "decision:  GPU via nvproxy (mode cdi)" in text
+    assert "outcome:   ok" in text
+    assert "- linux.devices has /dev/nvidiactl" in text
+    assert '-        "path": "/dev/nvidia-modeset"' in text
+    assert '+      "NVIDIA_VISIBLE_DEVICES=void"' in text
+    assert "keep_gpu_device_nodes: dropped /dev/nvidia-modeset" in text
+    assert "  /usr/bin/runsc --root=/run/x --nvproxy=true create --bundle '/b 1' ctr" in text
+
+
+def test_render_text_refused_and_unchanged() -> None:
+    spec = {"process": {"env": ["NVIDIA_VISIBLE_DEVICES=MIG-1"]}, "linux": {"devices": []}}
+    result = plan(
+        spec, dataclasses.replace(HOST, driver_version=None), GpuConfig(), container_id="m"
+    )
+    text = render_text(result, original_spec=spec, runsc_argv=["runsc", "create", "m"])
+    assert "outcome:   REFUSED: runsc will not be called" in text
+    assert "  x container m: it asks for MIG" in text
+    quiet = plan({}, HOST, GpuConfig(), container_id="q")
+    assert "spec changes:\n  (none)\n" in render_text(quiet, original_spec={}, runsc_argv=["runsc"])
+
+
+def test_render_json_is_json_and_complete() -> None:
+    result = plan(SPEC, HOST, GpuConfig(driver_version="550.90.07"), container_id="ctr")
+    doc = json.loads(json.dumps(render_json(result, original_spec=SPEC, runsc_argv=ARGV)))
+    assert doc["ok"] is True
+    assert doc["decision"] == {
+        "gpu": True,
+        "mode": "cdi",
+        "role": "standalone",
+        "reasons": ["linux.devices has /dev/nvidiactl", "NVIDIA_VISIBLE_DEVICES=all"],
+    }
+    assert doc["runsc_flags"] == {"nvproxy": "true", "nvproxy-driver-version": "550.90.07"}
+    assert doc["runsc_argv"] == ARGV
+    assert doc["spec_changed"] is True
+    assert doc["spec"] == result.spec
+    assert doc["refusals"] == [] and isinstance(doc["notes"], list)
+
+
+def test_spec_diff_empty_when_equal() -> None:
+    assert spec_diff({"a": 1}, {"a": 1}) == ""
+    assert spec_diff({"a": 1}, {"a": 2}).startswith("--- config.json\n+++ config.json (planned)\n")
+
+
+# --- doctor ---------------------------------------------------------------------
+
+
+def _rows(host: HostFacts, config: GpuConfig | None = None) -> dict[str, Row]:
+    return {row.check: row for row in check_host(host, config or GpuConfig())}
+
+
+def test_doctor_all_good() -> None:
+    rows = _rows(HOST)
+    assert all(r.ok for r in rows.values()), [r for r in rows.values() if not r.ok]
+    assert rows["NVIDIA driver"].detail == "550.90.07"
+    assert rows["GPU device nodes"].detail == "/dev/nvidia0"
+    assert rows["CDI devices"].detail.startswith("nvidia.com/gpu: 0, 1, GPU-")
+
+
+@pytest.mark.parametrize(
+    ("description", "host", "config", "check", "fix"),
+    [
+        ("no runsc", dataclasses.replace(HOST, runsc_version=""), None, "runsc", "binary_name"),
+        (
+            "no nvproxy",
+            dataclasses.replace(HOST, runsc_flags=frozenset()),
+            None,
+            "runsc --nvproxy",
+            "release-20230529.0",
+        ),
+        ("unknown platform", HOST, GpuConfig(platform="xen"), "platform", "one of those"),
+        ("kvm too old", HOST, GpuConfig(platform="kvm"), "platform", "systrap"),
+        (
+            "no driver list",
+            dataclasses.replace(HOST, supported_drivers=None),
+            None,
+            "runsc supported drivers",
+            "release-20231106.0",
+        ),
+        (
+            "no driver",
+            dataclasses.replace(HOST, driver_version=None),
+            None,
+            "NVIDIA driver",
+            "install",
+        ),
+        (
+            "unsupported driver",
+            dataclasses.replace(HOST, driver_version="535.161.08"),
+            None,
+            "NVIDIA driver",
+            "driver_version",
+        ),
+        (
+            "no nodes",
+            dataclasses.replace(HOST, device_nodes={}),
+            None,
+            "/dev/nvidiactl",
+            "nvidia-modprobe",
+        ),
+        (
+            "no GPU node",
+            dataclasses.replace(HOST, device_nodes={"/dev/nvidia0": (10, 0)}),
+            None,
+            "GPU device nodes",
+            "nvidia-smi",
+        ),
+        (
+            "broken CDI file",
+            dataclasses.replace(HOST, cdi_errors=("/etc/cdi/x.yaml: bad",)),
+            None,
+            "CDI spec",
+            "regenerate",
+        ),
+        (
+            "no CDI spec",
+            dataclasses.replace(HOST, cdi_specs=()),
+            None,
+            "CDI devices",
+            "nvidia-ctk cdi generate",
+        ),
+    ],
+    ids=lambda v: v if isinstance(v, str) and " " in v else None,
+)
+def test_doctor_failures_carry_a_fix(
+    description: str, host: HostFacts, config: GpuConfig | None, check: str, fix: str
+) -> None:
+    row = _rows(host, config)[check]
+    assert not row.ok
+    assert fix in row.fix
+
+
+def test_doctor_forced_driver_passes() -> None:
+    rows = _rows(
+        dataclasses.replace(HOST, driver_version=None), GpuConfig(driver_version="550.90.07")
+    )
+    assert rows["NVIDIA driver"].ok
+
+
+def test_config_keys_match_the_shim_config() -> None:
+    """Refusals name TOML keys; they must be the keys shim.config reads."""
+    assert set(CONFIG_KEYS) == {f.name for f in dataclasses.fields(GpuConfig)} - {"extra"}
+    known: dict[str, tuple[str, Any]] = getattr(shim.config, "_KEYS", {})
+    for field, key in CONFIG_KEYS.items():
+        if key in known:
+            assert known[key][0] == field, key
