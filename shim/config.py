@@ -301,6 +301,15 @@ def _vendors(key: str, value: Any, source: str) -> frozenset[str]:
     return frozenset(vendors)
 
 
+def _cdi_kind(key: str, value: Any, source: str) -> str:
+    kind = _string(key, value, source)
+    vendor, slash, klass = kind.partition("/")
+    if not slash or not _CDI_VENDOR.match(vendor) or not klass:
+        raise _refuse(source, key, f"= {kind!r} is not a CDI kind",
+                      'write it as vendor/class, like "nvidia.com/gpu"')
+    return kind
+
+
 # key -> (RuntimeConfig / GpuConfig field, validator)
 _KEYS: dict[str, tuple[str, Validator]] = {
     "binary_name": ("binary_name", _binary),
@@ -317,6 +326,9 @@ _KEYS: dict[str, tuple[str, Validator]] = {
     "nvproxy_allowed_capabilities": ("allowed_capabilities", _capabilities),
     "cdi_spec_dirs": ("cdi_dirs", _abs_path_list),
     "cdi_vendors": ("cdi_vendors", _vendors),
+    "cdi_default_kind": ("cdi_default_kind", _cdi_kind),
+    "accept_visible_devices_env": ("accept_visible_devices_env", _bool),
+    "nvproxy_allow_unsupported_driver": ("allow_unsupported_driver", _bool),
 }
 # [runsc_config] flags that are typed settings here.
 _FLAG_KEYS: dict[str, tuple[str, Validator]] = {
@@ -328,7 +340,8 @@ _FLAG_KEYS: dict[str, tuple[str, Validator]] = {
     "nvproxy-driver-version": ("driver_version", _driver_version),
     "nvproxy-allowed-driver-capabilities": ("allowed_capabilities", _flag_capabilities),
 }
-_GPU_FIELDS = ("nvproxy", "driver_version", "allowed_capabilities", "cdi_dirs", "cdi_vendors")
+_GPU_FIELDS = ("nvproxy", "driver_version", "allowed_capabilities", "cdi_dirs", "cdi_vendors",
+               "cdi_default_kind", "accept_visible_devices_env", "allow_unsupported_driver")
 
 
 def _unknown_key(key: str, source: str) -> InvalidArgument:

@@ -29,6 +29,7 @@ Facts checked against Debian's 0.0~20221219 and 0.0~20240729 builds:
 
 from shim.runsc._errors import RunscError, last_error_message
 from shim.runsc._options import (
+    FLAG_PANIC_LOG,
     FLAG_SINCE,
     NETWORKS,
     CheckpointOptions,
@@ -65,6 +66,7 @@ from shim.runsc._probe import (
 from shim.runsc._runner import ContainerState, ExecStarted, Runsc, Stdio
 
 __all__ = [
+    "FLAG_PANIC_LOG",
     "FLAG_SINCE",
     "NETWORKS",
     "CheckpointOptions",

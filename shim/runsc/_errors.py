@@ -4,18 +4,24 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 from shim.errors import Unknown
 from shim.ttrpc.status import Code
 
-__all__ = ["RunscError", "last_error_message", "log_mark"]
+__all__ = ["RunscError", "last_error_message", "log_mark", "sandbox_panic"]
 
 _NETNS_REFUSAL = "cannot run with network enabled in root network namespace"
 _EXIT_UNAVAILABLE = "exit status is unavailable"
 # runsc's known dead ends, and what the operator should do about them.
 _HINTS: tuple[tuple[str, str], ...] = (
+    (
+        "boot.createDeviceFile",
+        "a device node the spec lists (such as /dev/nvidiactl) does not exist on the host; "
+        "load the NVIDIA driver, or correct the CDI spec that named it",
+    ),
     (
         _NETNS_REFUSAL,
         "runsc cannot set up its own network stack (--network=sandbox) on this host; set "
@@ -97,6 +103,35 @@ def _records(text: str) -> Iterator[dict[str, Any]]:
 
 
 _LOG_TAIL = 64 * 1024
+# How Go starts a crash report, and the frame that says where in runsc it was.
+_PANIC_HEAD = ("panic: ", "fatal error: ")
+_FRAME = re.compile(r"^(gvisor\.dev/gvisor/\S+?)\(.*\n\t(\S+\.go:\d+)", re.MULTILINE)
+
+
+def sandbox_panic(path: str | None) -> str | None:
+    """The sandbox's crash, from runsc's ``--panic-log``, in one line.
+
+    When the sentry dies, runsc only says "urpc method … failed: EOF"; the
+    reason is a Go panic that runsc writes to the panic log (gvisor-gpu.md §1.2:
+    this is how an unsupported GPU driver or a missing device node shows).
+    """
+    if not path:
+        return None
+    try:
+        with open(path, errors="replace") as f:
+            text = f.read()[-_LOG_TAIL:]
+    except OSError:
+        return None
+    head = next((ln for ln in text.splitlines() if ln.startswith(_PANIC_HEAD)), None)
+    if head is None:
+        return None
+    frames = [(fn, where) for fn, where in _FRAME.findall(text)
+              if not fn.startswith("gvisor.dev/gvisor/pkg/sync")]
+    where = ""
+    if frames:
+        fn, line = frames[0]
+        where = f" in {fn.removeprefix('gvisor.dev/gvisor/')} ({line.rsplit('/', 1)[-1]})"
+    return f"the sandbox crashed: {head.strip()}{where}"
 
 
 def last_error_message(path: str | None, offset: int = 0) -> str | None:

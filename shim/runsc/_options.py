@@ -43,6 +43,7 @@ FLAG_DEBUG = "debug"
 FLAG_DEBUG_LOG = "debug-log"
 FLAG_PLATFORM = "platform"
 FLAG_NETWORK = "network"
+FLAG_PANIC_LOG = "panic-log"
 # Subcommand flags (``runsc help <subcommand>``).
 FLAG_BUNDLE = "bundle"
 FLAG_PID_FILE = "pid-file"

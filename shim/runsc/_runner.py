@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from shim import reaper
-from shim.runsc._errors import RunscError, last_error_message, log_mark
+from shim.runsc._errors import RunscError, last_error_message, log_mark, sandbox_panic
 from shim.runsc._options import (
+    FLAG_PANIC_LOG,
     CheckpointOptions,
     CreateOptions,
     DeleteOptions,
@@ -188,7 +189,11 @@ class Runsc:
         if code is None:
             raise RunscError(args, None, err, f"no answer within {limit:g} s; killed it")
         if code != 0:
-            raise RunscError(args, code, err, last_error_message(self.options.log, mark))
+            message = last_error_message(self.options.log, mark)
+            crash = sandbox_panic(self.options.extra.get(FLAG_PANIC_LOG))
+            if crash and (message is None or message.endswith("EOF")):
+                message = f"{message}; {crash}" if message else crash
+            raise RunscError(args, code, err, message)
         return out
 
 

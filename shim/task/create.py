@@ -19,7 +19,14 @@ from shim.config import RuntimeConfig, load_config, resolve_network
 from shim.errors import FailedPrecondition, InvalidArgument
 from shim.gpu.detect import gather_host_facts
 from shim.gpu.plan import Plan, plan
-from shim.runsc import GlobalOptions, RunscCapabilities, check_flags, probe, resolve_binary
+from shim.runsc import (
+    FLAG_PANIC_LOG,
+    GlobalOptions,
+    RunscCapabilities,
+    check_flags,
+    probe,
+    resolve_binary,
+)
 from shim.task.container import CreateParams, mounts_from, runsc_log_path
 from shim.task.stdio import StdioPaths
 
@@ -73,6 +80,9 @@ def _global_options(config: RuntimeConfig, caps: RunscCapabilities, result: Plan
                     bundle: str) -> GlobalOptions:
     flags = dict(result.runsc_flags)
     platform = flags.pop("platform", None) or config.platform
+    if caps.has_flag(FLAG_PANIC_LOG):
+        # Where a crashing sandbox says why; RunscError reads it back.
+        flags[FLAG_PANIC_LOG] = os.path.join(bundle, "runsc-panic.log")
     # A root of its own per sandbox: runsc resolves ids by prefix, so with
     # `web-1` gone and `web-10` alive in one root, `runsc delete web-1` would
     # find web-10 (DESIGN.md, facts measured here).
