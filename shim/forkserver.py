@@ -92,7 +92,7 @@ def _recv_request(conn: socket.socket) -> tuple[dict[str, Any], list[int]]:
 def _same_user(conn: socket.socket) -> bool:
     creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     _, uid, gid = struct.unpack("3i", creds)
-    return uid == os.getuid() and gid == os.getgid()
+    return bool(uid == os.getuid() and gid == os.getgid())
 
 
 def _fork_daemon(params: dict[str, Any], fds: list[int], keep_closed: list[int]) -> None:
@@ -137,7 +137,7 @@ def serve(path: str, containerd_pid: int) -> None:
     server.listen(64)
     try:
         while True:
-            ready, _, _ = select.select([server, watch], [], [], IDLE_EXIT)
+            ready, _, _ = select.select([server.fileno(), watch], [], [], IDLE_EXIT)
             if not ready or watch in ready:
                 return  # idle, or containerd is gone
             conn, _ = server.accept()

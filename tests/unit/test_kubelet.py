@@ -141,11 +141,14 @@ def test_importing_kubelet_helper_stays_cheap() -> None:
 
 # ---- against the stand-in server ----
 
+OLD_KUBELET = "kubelet List (Get: UNIMPLEMENTED"
+
+
 @pytest.mark.parametrize(("get_supported", "name", "calls", "devices", "source"), [
     (True, "trainer", ["Get"], ["GPU-aaaa", "GPU-bbbb"], "kubelet Get:"),
     (True, "web", ["Get"], [], "kubelet Get:"),
-    (False, "trainer", ["Get", "List"], ["GPU-aaaa", "GPU-bbbb"], "kubelet List (Get: UNIMPLEMENTED"),
-    (False, "web", ["Get", "List"], [], "kubelet List (Get: UNIMPLEMENTED"),
+    (False, "trainer", ["Get", "List"], ["GPU-aaaa", "GPU-bbbb"], OLD_KUBELET),
+    (False, "web", ["Get", "List"], [], OLD_KUBELET),
     # A kubelet answers Get for a pod it does not know with a plain error (Unknown).
     (True, "ghost", ["Get", "List"], [], "kubelet List (Get: UNKNOWN: pod ghost in namespace ml"),
     (False, "ghost", ["Get", "List"], [], "is not listed"),

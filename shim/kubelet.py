@@ -1,0 +1,212 @@
+"""Which GPUs the kubelet gave a pod, from its PodResources API.
+
+The kubelet allocates device-plugin devices (``nvidia.com/gpu``) and DRA
+claims when it admits a pod, before it asks the runtime for the sandbox. So at
+sandbox creation, when the shim must decide nvproxy once for the whole pod,
+the kubelet's gRPC PodResources service (``v1.PodResourcesLister`` on a unix
+socket) already knows whether the pod has GPUs, even though the pause
+container's spec lists none.
+
+The lookup asks ``Get`` for the one pod and falls back to ``List`` when Get
+fails: kubelets older than 1.27 do not have the method (Unimplemented), and
+those with the KubeletPodResourcesGet feature gate off answer it with a plain
+error (Unknown), which looks the same as the plain error for a pod the kubelet
+does not know. List settles both cases.
+
+Nothing here raises for an unreachable kubelet: the shim may run on a node
+without one (plain containerd) and must still start sandboxes, so a failed
+lookup is the value ``None`` with the reason logged.
+
+grpclib, h2 and the generated gRPC stubs are imported only when the kubelet
+is actually asked, so importing this module stays cheap for the daemon.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from shim.api.k8s.podresources.v1 import ListPodResourcesResponse, PodResources
+
+__all__ = [
+    "DEFAULT_SOCKET",
+    "GPU_VENDORS",
+    "GpuLookup",
+    "find_pod",
+    "gpu_devices",
+    "is_gpu_resource",
+    "lookup_pod_gpus",
+    "pod_gpu_devices",
+]
+
+log = logging.getLogger("shim.kubelet")
+
+DEFAULT_SOCKET = "/var/lib/kubelet/pod-resources/kubelet.sock"
+GPU_VENDORS: tuple[str, ...] = ("nvidia.com",)
+
+
+def is_gpu_resource(name: str, vendors: Iterable[str] = GPU_VENDORS) -> bool:
+    """True for a resource or CDI kind under a GPU vendor's domain.
+
+    NVIDIA's device plugin advertises ``nvidia.com/gpu``, and with sharing or
+    MIG strategies ``nvidia.com/gpu.shared`` or ``nvidia.com/mig-1g.10gb``; its
+    CDI devices are named ``nvidia.com/gpu=<id>``. The vendor must be the whole
+    domain: ``notnvidia.com/gpu`` is not NVIDIA's.
+    """
+    domain, slash, _ = name.partition("/")
+    return bool(slash) and domain in set(vendors)
+
+
+def gpu_devices(pod: PodResources, vendors: Iterable[str] = GPU_VENDORS) -> list[str]:
+    """The GPU devices the kubelet allocated to any container of `pod`.
+
+    Device-plugin devices come as their ids (NVIDIA's are GPU UUIDs or
+    indexes); DRA devices as their fully qualified CDI names
+    (``nvidia.com/gpu=...``), since a DRA claim carries no plugin id. In the
+    pod's container order, each once.
+    """
+    vendor_set = set(vendors)
+    found: dict[str, None] = {}  # an ordered set
+    for container in pod.containers:
+        for devices in container.devices:
+            if is_gpu_resource(devices.resource_name, vendor_set):
+                found.update(dict.fromkeys(devices.device_ids))
+        for dynamic in container.dynamic_resources:
+            for claim in dynamic.claim_resources:
+                found.update(dict.fromkeys(
+                    cdi.name for cdi in claim.cdi_devices
+                    if is_gpu_resource(cdi.name.partition("=")[0], vendor_set)))
+    return list(found)
+
+
+def find_pod(response: ListPodResourcesResponse, name: str,
+             namespace: str) -> PodResources | None:
+    """The pod called `name` in `namespace` from a List answer, if listed."""
+    for pod in response.pod_resources:
+        if pod.name == name and pod.namespace == namespace:
+            return pod
+    return None
+
+
+@dataclass(frozen=True)
+class GpuLookup:
+    """What the kubelet said about a pod's GPUs, and how we know.
+
+    ``devices`` is None when the kubelet could not be asked; empty when it
+    answered and the pod has no GPU. ``reason`` is a sentence for the log.
+    """
+
+    devices: tuple[str, ...] | None
+    reason: str
+
+
+def _socket_problem(path: str) -> str | None:
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return f"no kubelet pod-resources socket at {path}"
+    except OSError as err:
+        return f"cannot stat kubelet pod-resources socket {path}: {err.strerror or err}"
+    if not stat.S_ISSOCK(mode):
+        return f"{path} is not a socket"
+    return None
+
+
+def _describe(err: BaseException) -> str:
+    # grpclib's GRPCError carries status and message; others only their text.
+    status = getattr(err, "status", None)
+    if status is not None:
+        name = getattr(status, "name", str(status))
+        message = getattr(err, "message", None)
+        return f"{name}: {message}" if message else name
+    if isinstance(err, TimeoutError):
+        return "timed out"
+    return str(err) or type(err).__name__
+
+
+async def lookup_pod_gpus(
+    socket_path: str,
+    pod_name: str,
+    pod_namespace: str,
+    *,
+    vendors: Sequence[str] = GPU_VENDORS,
+    timeout: float = 2.0,
+) -> GpuLookup:
+    """Ask the kubelet at `socket_path` for the GPUs of one pod.
+
+    `timeout` bounds the whole lookup, Get and the List fallback together:
+    sandbox creation waits on it.
+    """
+    problem = _socket_problem(socket_path)
+    if problem is not None:
+        return GpuLookup(None, problem)
+
+    from grpclib.client import Channel
+    from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
+    from grpclib.metadata import Deadline
+
+    from shim.api.k8s.podresources.v1 import (
+        GetPodResourcesRequest,
+        ListPodResourcesRequest,
+        PodResourcesListerStub,
+    )
+
+    who = f"pod {pod_namespace}/{pod_name}"
+    deadline = Deadline.from_timeout(timeout)
+    channel = Channel(path=socket_path)
+    stub = PodResourcesListerStub(channel)
+    get_failed = ""
+    try:
+        try:
+            got = await stub.get(
+                GetPodResourcesRequest(pod_name=pod_name, pod_namespace=pod_namespace),
+                deadline=deadline)
+        except GRPCError as err:
+            get_failed = f" (Get: {_describe(err)})"
+        else:
+            devices = tuple(gpu_devices(got.pod_resources, vendors))
+            return GpuLookup(devices, f"kubelet Get: {who} has {_summary(devices)}")
+        listed = await stub.list(ListPodResourcesRequest(), deadline=deadline)
+    except (OSError, TimeoutError, GRPCError, ProtocolError, StreamTerminatedError) as err:
+        return GpuLookup(None, f"kubelet pod-resources at {socket_path} did not answer for "
+                               f"{who}: {_describe(err)}{get_failed}")
+    finally:
+        channel.close()
+    pod = find_pod(listed, pod_name, pod_namespace)
+    if pod is None:
+        return GpuLookup((), f"kubelet List{get_failed}: {who} is not listed, so it has no "
+                             "allocated devices")
+    devices = tuple(gpu_devices(pod, vendors))
+    return GpuLookup(devices, f"kubelet List{get_failed}: {who} has {_summary(devices)}")
+
+
+def _summary(devices: Sequence[str]) -> str:
+    return f"GPU devices {', '.join(devices)}" if devices else "no GPU devices"
+
+
+async def pod_gpu_devices(
+    socket_path: str,
+    pod_name: str,
+    pod_namespace: str,
+    *,
+    vendors: Sequence[str] = GPU_VENDORS,
+    timeout: float = 2.0,
+) -> list[str] | None:
+    """GPU device ids the kubelet allocated to the pod; None when it cannot say.
+
+    The reason is logged either way: at info when the kubelet answered or
+    there is simply no kubelet socket (a node without Kubernetes), at warning
+    when a socket exists but the kubelet did not answer.
+    """
+    result = await lookup_pod_gpus(socket_path, pod_name, pod_namespace,
+                                   vendors=vendors, timeout=timeout)
+    if result.devices is None and os.path.exists(socket_path):
+        log.warning("%s", result.reason)
+    else:
+        log.info("%s", result.reason)
+    return None if result.devices is None else list(result.devices)
