@@ -1,0 +1,375 @@
+"""scripts/gpu_smoke.py, the GPU smoke test for real GPU hosts, run on this GPU-less one.
+
+The e2e tests run the script as a GPU node's operator would (minus
+install-deps) and check that it reports the refusal or runsc's failure as an
+outcome, exits 0, writes the JSON summary, and leaves nothing behind, also
+when interrupted. The pure helpers and the in-container CUDA program (against
+a stub libcuda) are checked table-driven.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import psutil
+import pytest
+
+from tests import paths
+from tests.e2e import containerd as cd
+from tests.e2e import leftovers
+
+SCRIPT = paths.REPO / "scripts/gpu_smoke.py"
+PYTHON = paths.REPO / ".venv/bin/python"
+RUN_TIMEOUT = 300
+
+
+def _load() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("gpu_smoke", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+gs = _load()
+
+
+# --- helpers -------------------------------------------------------------------
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("NVRM version: NVIDIA UNIX x86_64 Kernel Module  550.90.07  Fri May 31 09:35:42 UTC 2024\n"
+     "GCC version:  gcc version 12.2.0 (Debian 12.2.0-14)\n", "550.90.07"),
+    ("NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  570.172.08  Release Build  "
+     "(dvs-builder@U16-I3-B03-4-3)  Tue Jul  8 18:14:41 UTC 2025\n", "570.172.08"),
+    ("NVRM version: NVIDIA UNIX aarch64 Kernel Module  535.129.03  Thu Oct 19 18:42:32 UTC 2023",
+     "535.129.03"),
+    ("", None),
+    ("GCC version:  gcc version 12.2.0\n", None),
+])
+def test_parse_driver_version(text: str, expected: str | None) -> None:
+    assert gs.parse_driver_version(text) == expected
+
+
+LDCONFIG = """\
+1234 libs found in cache `/etc/ld.so.cache'
+\tlibz.so.1 (libc6,x86-64) => /lib/x86_64-linux-gnu/libz.so.1
+\tlibnvidia-ml.so.1 (libc6,x86-64) => /lib/x86_64-linux-gnu/libnvidia-ml.so.1
+\tlibnvidia-ml.so.1 (libc6) => /lib/i386-linux-gnu/libnvidia-ml.so.1
+\tlibnvidia-glcore.so.550.90.07 (libc6,x86-64) => /lib/x86_64-linux-gnu/libnvidia-glcore.so.5
+\tlibnvidia-ptxjitcompiler.so.1 (libc6,x86-64) => /usr/lib64/libnvidia-ptxjitcompiler.so.1
+\tlibcuda.so.1 (libc6,x86-64) => /lib/x86_64-linux-gnu/libcuda.so.1
+\tlibcuda.so.1 (libc6,x86-64) => /usr/local/cuda/compat/libcuda.so.1
+\tlibcuda.so (libc6,x86-64) => /lib/x86_64-linux-gnu/libcuda.so
+\tlibcuda.so.1 (libc6,AArch64) => /lib/aarch64-linux-gnu/libcuda.so.1
+"""
+
+
+@pytest.mark.parametrize(("machine", "expected"), [
+    ("x86_64", ["/lib/x86_64-linux-gnu/libcuda.so", "/lib/x86_64-linux-gnu/libcuda.so.1",
+                "/lib/x86_64-linux-gnu/libnvidia-ml.so.1",
+                "/usr/lib64/libnvidia-ptxjitcompiler.so.1"]),
+    ("aarch64", ["/lib/aarch64-linux-gnu/libcuda.so.1"]),
+    ("riscv64", []),
+])
+def test_parse_ldconfig_keeps_compute_libraries_of_this_abi(
+        machine: str, expected: list[str]) -> None:
+    assert gs.parse_ldconfig(LDCONFIG, machine) == expected
+
+
+def _node_paths(edits: dict[str, Any]) -> list[str]:
+    return [n["path"] for n in edits.get("deviceNodes", [])]
+
+
+@pytest.mark.parametrize(("nodes", "devices", "common", "numbered"), [
+    ({"/dev/nvidiactl": (195, 255), "/dev/nvidia-uvm": (508, 0),
+      "/dev/nvidia-uvm-tools": (508, 1), "/dev/nvidia10": (195, 10), "/dev/nvidia2": (195, 2),
+      "/dev/nvidia-modeset": (195, 254)},
+     ["2", "10", "all"], ["/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools"], True),
+    ({}, ["0", "all"], ["/dev/nvidiactl", "/dev/nvidia-uvm"], False),
+])
+def test_minimal_cdi_spec(nodes: dict[str, tuple[int, int]], devices: list[str],
+                          common: list[str], numbered: bool) -> None:
+    spec = gs.minimal_cdi_spec(nodes, ["/usr/bin/nvidia-smi"])
+    assert spec["kind"] == "nvidia.com/gpu"
+    assert [d["name"] for d in spec["devices"]] == devices
+    edits = spec["containerEdits"]
+    assert _node_paths(edits) == common
+    assert edits["env"] == ["NVIDIA_VISIBLE_DEVICES=void"]
+    assert edits["mounts"] == [{"hostPath": "/usr/bin/nvidia-smi",
+                                "containerPath": "/usr/bin/nvidia-smi",
+                                "options": ["ro", "nosuid", "nodev", "bind"]}]
+    every = spec["devices"][-1]["containerEdits"]["deviceNodes"]
+    assert [n["path"] for n in every] == [
+        n for d in spec["devices"][:-1] for n in _node_paths(d["containerEdits"])]
+    assert all(("major" in n) == numbered for n in every)
+
+
+@pytest.mark.parametrize(("spec", "count"), [
+    ({"containerEdits": {"hooks": [{"hookName": "createContainer"}] * 2},
+      "devices": [{"name": "0", "containerEdits": {"hooks": [{"hookName": "x"}]}}]}, 3),
+    ({"devices": [{"name": "0"}]}, 0),
+])
+def test_without_hooks(spec: dict[str, Any], count: int) -> None:
+    cleaned, dropped = gs.without_hooks(spec)
+    assert dropped == count
+    assert "hooks" not in json.dumps(cleaned)
+
+
+REFUSED = {"ok": False, "refusals": ["container c: no NVIDIA driver"]}
+ACCEPTED = {"ok": True, "refusals": []}
+
+
+@pytest.mark.parametrize(("plan", "rc", "stdout", "stderr", "marker", "status", "detail"), [
+    (ACCEPTED, 0, "GPU 0: NVIDIA H100\n", "", None, "ok", "GPU 0: NVIDIA H100"),
+    (ACCEPTED, 0, "GPU 0: NVIDIA H100\nGPU 1: NVIDIA H100\n", "", None, "ok",
+     "GPU 0: NVIDIA H100\nGPU 1: NVIDIA H100"),
+    (ACCEPTED, 0, "cuInit ok\nGPU 0: H100\nCUDA_CHECK_OK\n", "", "CUDA_CHECK_OK", "ok",
+     "cuInit ok\nGPU 0: H100"),
+    (ACCEPTED, 0, "", "", None, "ok", "exit 0"),
+    (ACCEPTED, 0, "cuInit ok\n", "", "CUDA_CHECK_OK", "failed", "exited 0: cuInit ok"),
+    (REFUSED, 1, "", "ctr: failed to create shim task: container c: no NVIDIA driver\n", None,
+     "refused", "container c: no NVIDIA driver"),
+    (ACCEPTED, 1, "", "ctr: runsc start failed: the sandbox crashed\n", None, "failed",
+     "runsc/shim error: runsc start failed: the sandbox crashed"),
+    (None, 1, "", "ctr: bad config\n", None, "failed", "runsc/shim error: bad config"),
+    (ACCEPTED, 1, "", "cuInit failed: CUresult 100 (CUDA_ERROR_NO_DEVICE)\n", "CUDA_CHECK_OK",
+     "failed", "exited 1: cuInit failed: CUresult 100 (CUDA_ERROR_NO_DEVICE)"),
+])
+def test_classify(plan: dict[str, Any] | None, rc: int, stdout: str, stderr: str,
+                  marker: str | None, status: str, detail: str) -> None:
+    out = subprocess.CompletedProcess(["ctr"], rc, stdout, stderr)
+    step = gs.classify("step", plan, out, marker)
+    assert (step.status, step.detail, step.exit_code) == (status, detail, rc)
+
+
+BOOT_LOG = """\
+I1126 20:55:41.373844   25792 main.go:199] Args: [runsc-sandbox --nvproxy=true]
+D1126 20:55:41.373900   25792 config.go:436] Config.NVProxy (--nvproxy): true
+        "path": "/dev/nvidiactl",
+W1126 20:55:41.911221   25792 vfs.go:978] ignoring unknown mount option "nosuid"
+I1126 20:55:41.398868   25792 nvproxy.go:35] NVIDIA driver version: 535.161.08
+W1126 20:55:41.398900   25792 main.go:230] FATAL ERROR: registering nvproxy driver: \
+unsupported Nvidia driver version: 535.161.08
+E1126 20:55:41.399000   25792 boot.go:10] something broke
+"""
+
+
+def test_boot_log_hints_keep_gpu_and_error_lines(tmp_path: Path) -> None:
+    log = tmp_path / "runsc.log.20261126-205541.1.boot.txt"
+    log.write_text(BOOT_LOG)
+    hints = gs.boot_log_hints([log]).splitlines()
+    assert [h.split("] ", 1)[1] for h in hints] == [
+        "NVIDIA driver version: 535.161.08",
+        "FATAL ERROR: registering nvproxy driver: unsupported Nvidia driver version: 535.161.08",
+        "something broke"]
+
+
+# A stand-in libcuda.so.1: host memory plays device memory; STUB_FAIL names a
+# call to fail, STUB_COUNT sets the device count, STUB_CORRUPT spoils the copy.
+STUB_LIBCUDA = r"""
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#define DEV(p) ((void *)(uintptr_t)(p))
+static int fail(const char *fn) {
+    const char *f = getenv("STUB_FAIL");
+    return f && !strcmp(f, fn) ? 100 : 0;
+}
+int cuGetErrorName(int rc, const char **s) {
+    *s = rc == 100 ? "CUDA_ERROR_NO_DEVICE" : "?";
+    return 0;
+}
+int cuInit(unsigned f) { return fail("cuInit"); }
+int cuDriverGetVersion(int *v) { *v = 12040; return fail("cuDriverGetVersion"); }
+int cuDeviceGetCount(int *n) {
+    const char *c = getenv("STUB_COUNT");
+    *n = c ? atoi(c) : 2;
+    return fail("cuDeviceGetCount");
+}
+int cuDeviceGet(int *d, int i) { *d = i; return fail("cuDeviceGet"); }
+int cuDeviceGetName(char *s, int n, int d) {
+    strncpy(s, "Stub GPU", n);
+    return fail("cuDeviceGetName");
+}
+int cuDeviceTotalMem_v2(size_t *b, int d) { *b = (size_t)80 << 30; return 0; }
+int cuDevicePrimaryCtxRetain(void **c, int d) { *c = (void *)1; return 0; }
+int cuCtxSetCurrent(void *c) { return c ? 0 : 201; }
+int cuMemAlloc_v2(uint64_t *p, size_t n) {
+    *p = (uint64_t)(uintptr_t)malloc(n);
+    return fail("cuMemAlloc_v2");
+}
+int cuMemsetD8_v2(uint64_t p, unsigned char v, size_t n) { memset(DEV(p), v, n); return 0; }
+int cuMemcpyDtoH_v2(void *h, uint64_t p, size_t n) {
+    memcpy(h, DEV(p), n);
+    if (getenv("STUB_CORRUPT")) ((char *)h)[n - 1] = 0;
+    return 0;
+}
+int cuMemFree_v2(uint64_t p) { free(DEV(p)); return fail("cuMemFree_v2"); }
+int cuDevicePrimaryCtxRelease_v2(int d) { return 0; }
+"""
+
+
+@pytest.fixture(scope="module")
+def stub_libcuda(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        pytest.skip("no C compiler for the stub libcuda")
+    d = tmp_path_factory.mktemp("stubcuda")
+    (d / "stub.c").write_text(STUB_LIBCUDA)
+    subprocess.run([compiler, "-shared", "-fPIC", "-o", str(d / "libcuda.so.1"),
+                    str(d / "stub.c")], check=True, capture_output=True, timeout=60)
+    return d
+
+
+@pytest.mark.parametrize(("env", "rc", "expected"), [
+    ({}, 0, "GPU 1: Stub GPU, 81920 MiB, 1 MiB alloc/memset/copy/free ok\nCUDA_CHECK_OK"),
+    ({"STUB_FAIL": "cuInit"}, 1, "cuInit failed: CUresult 100 (CUDA_ERROR_NO_DEVICE)"),
+    ({"STUB_FAIL": "cuMemAlloc_v2"}, 1, "cuMemAlloc_v2 failed: CUresult 100"),
+    ({"STUB_COUNT": "0"}, 1, "no CUDA device visible"),
+    ({"STUB_CORRUPT": "1"}, 1, "GPU 0: 1 MiB memset/copy-back mismatch"),
+    ({"LD_LIBRARY_PATH": "/nonexistent"}, 1, "cannot load the CUDA driver library"),
+])
+def test_cuda_check_program_against_a_stub_libcuda(
+        stub_libcuda: Path, env: dict[str, str], rc: int, expected: str) -> None:
+    run_env = {"PATH": os.environ.get("PATH", ""), "LD_LIBRARY_PATH": str(stub_libcuda), **env}
+    out = subprocess.run([sys.executable, "-I", "-c", gs.CUDA_CHECK], env=run_env,
+                         capture_output=True, text=True, timeout=60, check=False)
+    assert out.returncode == rc, out.stdout + out.stderr
+    assert expected in (out.stdout + out.stderr).strip(), out.stdout + out.stderr
+
+
+# --- the whole script, end to end -------------------------------------------------
+
+def _requirements() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root"
+    if all(cd.missing_for(v) for v in ("2.1", "1.7", "1.6")):
+        return "no containerd installed (run scripts/install-deps)"
+    if paths.RUNSC_2024 is None:
+        return "runsc 20240729 is not installed (run scripts/install-deps)"
+    if not paths.SHIM.exists():
+        return f"{paths.SHIM.name} is not installed (pip install -e .)"
+    if Path("/proc/driver/nvidia/version").exists():
+        return "this host has an NVIDIA driver; these tests expect the GPU-less outcome"
+    return None
+
+
+def _processes_naming(workdir: str) -> list[str]:
+    found = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        cmdline = " ".join(proc.info["cmdline"] or [])
+        if workdir in cmdline and proc.pid != os.getpid():
+            found.append(f"{proc.pid}: {cmdline[:200]}")
+    return found
+
+
+def _assert_nothing_left(summary: dict[str, Any]) -> None:
+    workdir = summary["workdir"]
+    assert workdir.startswith("/tmp/gsmoke-"), workdir
+    assert not Path(workdir).exists()
+    assert leftovers.mounts_under(Path(workdir)) == []
+    assert _processes_naming(workdir) == []
+    daemon_pid = summary["facts"].get("containerd_pid")
+    if daemon_pid is not None:
+        assert not psutil.pid_exists(daemon_pid) or "containerd" not in " ".join(
+            psutil.Process(daemon_pid).cmdline())
+        assert gs.forkservers(daemon_pid) == []
+
+
+def _statuses(summary: dict[str, Any]) -> dict[str, str]:
+    return {s["name"]: s["status"] for s in summary["steps"]}
+
+
+NO_DRIVER = "no NVIDIA driver is loaded on this host"
+CRASHED = "the sandbox crashed"
+OLD_RUNSC = "<runsc 20221219>"  # stands for paths.RUNSC_2022, which may be missing
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize(("extra", "plan", "outcome", "text"), [
+    ([], "refused", "refused", NO_DRIVER),
+    (["--containerd", "1.6"], "refused", "refused", NO_DRIVER),
+    (["--driver-version", "550.90.07"], "ok", "failed", CRASHED),
+    (["--runsc", OLD_RUNSC, "--platform", "ptrace"], "refused", "refused",
+     "has no --nvproxy flag, which first appeared in release-20230529.0"),
+])
+def test_script_reports_gpu_outcome_and_cleans_up(
+        tmp_path: Path, extra: list[str], plan: str, outcome: str, text: str) -> None:
+    why = _requirements()
+    if "--containerd" in extra:
+        why = why or cd.missing_for(extra[extra.index("--containerd") + 1])
+    if OLD_RUNSC in extra:
+        why = why or ("runsc 20221219 is not installed" if paths.RUNSC_2022 is None else None)
+        extra = [str(paths.RUNSC_2022) if a == OLD_RUNSC else a for a in extra]
+    if why:
+        pytest.skip(why)
+    report = tmp_path / "out.json"
+    out = subprocess.run([str(PYTHON), str(SCRIPT), "--skip-install", "--json", str(report),
+                          *extra], capture_output=True, text=True, timeout=RUN_TIMEOUT,
+                         stdin=subprocess.DEVNULL, check=False)
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
+    summary = json.loads(report.read_text())
+    assert summary["exit_code"] == 0 and not summary["error"] and not summary["interrupted"]
+    assert _statuses(summary) == {
+        "install-deps": "skipped", "cdi-spec": "ok", "containerd": "ok", "plan": plan,
+        "nvidia-smi -L": outcome, "cuda-check": outcome, "cleanup": "ok"}
+    steps = {s["name"]: s for s in summary["steps"]}
+    for name in ("nvidia-smi -L", "cuda-check"):
+        assert text in steps[name]["detail"], steps[name]
+    facts = summary["facts"]
+    assert facts["driver_version"] is None and facts["device_nodes"] == {}
+    if "--runsc" in extra:  # 20221219 can neither list drivers nor take --nvproxy
+        assert facts["runsc"]["supported_drivers"] is None
+        assert "release-20231106.0" in facts["runsc"]["supported_error"]
+    else:
+        assert "550.90.07" in facts["runsc"]["supported_drivers"]
+        assert "--nvproxy=true" in steps["plan"]["output"]
+    assert summary["leftovers"] == []
+    stdout = out.stdout
+    assert "=== host facts" in stdout and "runsc command:" in stdout
+    assert "=== SUMMARY" in stdout and "result: ran and reported (exit 0)" in stdout
+    _assert_nothing_left(summary)
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_script_stops_everything(tmp_path: Path, sig: signal.Signals) -> None:
+    why = _requirements()
+    if why:
+        pytest.skip(why)
+    report = tmp_path / "out.json"
+    proc = subprocess.Popen([str(PYTHON), "-u", str(SCRIPT), "--skip-install", "--json",
+                             str(report), "--driver-version", "550.90.07"],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    seen: list[str] = []
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            seen.append(line)
+            # containerd is up and the containers are still to come: stop it here.
+            if line.startswith("--> containerd: ok"):
+                proc.send_signal(sig)
+                break
+        rest, _ = proc.communicate(timeout=RUN_TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    output = "".join(seen) + rest
+    assert proc.returncode == 130, output[-4000:]
+    summary = json.loads(report.read_text())
+    assert summary["interrupted"] and summary["exit_code"] == 130
+    assert _statuses(summary)["cleanup"] == "ok", output[-4000:]
+    assert "result: interrupted (exit 130)" in output
+    _assert_nothing_left(summary)
