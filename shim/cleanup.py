@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -21,6 +22,8 @@ __all__ = ["delete_action", "encode_delete_response"]
 
 _STATE_FILE = "gvisorgpu-shim.json"  # written by shim.task.container at Create
 _KILLED = 128 + 9
+# containerd gives the whole ``delete`` action 5 s.
+_RUNSC_TIMEOUT = 4.0
 
 
 def _varint(value: int) -> bytes:
@@ -69,10 +72,34 @@ def _runsc_delete(bundle: str, container_id: str) -> None:
     if not root or not os.path.isdir(root) or not os.listdir(root):
         return  # the daemon already deleted it
     argv = [state["binary"], *state["args"], "delete", "--force", container_id]
-    subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                   stderr=subprocess.PIPE, timeout=4, check=False)
+    try:
+        done = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, timeout=_RUNSC_TIMEOUT, check=False)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        # Still unmount and answer: containerd logs our stderr as a warning,
+        # and without a DeleteResponse it reports the task as exit 255.
+        sys.stderr.write(f"runsc delete --force {container_id}: {e}\n")
+    else:
+        if done.returncode != 0:
+            sys.stderr.write(f"runsc delete --force {container_id} failed: "
+                             f"{done.stderr.decode(errors='replace').strip()[-500:]}\n")
     with contextlib.suppress(OSError):
         os.rmdir(root)
+    _remove_filestore(bundle, container_id)
+
+
+def _remove_filestore(bundle: str, container_id: str) -> None:
+    """runsc (2024+) backs the rootfs overlay with ``.gvisor.filestore.<id>`` in
+    the rootfs folder; its delete removes it, but only a delete that succeeds.
+    A ``--rootfs`` folder is the user's (not a snapshot containerd throws away),
+    so after a failed one it would keep the file for good."""
+    try:
+        root = json.loads(Path(bundle, "config.json").read_text())["root"]["path"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    path = Path(bundle, root, f".gvisor.filestore.{container_id}")
+    with contextlib.suppress(OSError):
+        path.unlink()
 
 
 def delete_action(bundle: str, container_id: str, *, socket_file: str) -> bytes:

@@ -4,7 +4,8 @@ One queue, one forwarder task: ``publish`` only enqueues, so an RPC never waits
 on containerd, and events leave in the order they were published (the
 TaskStart-before-TaskExit rules of shim-protocol.md §4.3 rely on that). When
 containerd is away (restarting), the forwarder keeps the event and re-dials
-with a capped back-off instead of dropping it.
+with a capped back-off instead of dropping it; ``kick`` cuts a back-off short
+when there is news that containerd is back (it has just called us).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ log = logging.getLogger("shim.events")
 _SERVICE = "containerd.services.events.ttrpc.v1.Events"
 _NAMESPACE_KEY = "containerd-namespace-ttrpc"
 _FORWARD_TIMEOUT = 5.0
+_MIN_BACKOFF = 0.1
 _MAX_BACKOFF = 5.0
 
 
@@ -50,6 +52,7 @@ class Publisher:
         self._queue: asyncio.Queue[_Event | None] = asyncio.Queue()
         self._client: Client | None = None
         self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._forward())
@@ -58,11 +61,19 @@ class Publisher:
         """Queue an event; type_url is the proto full name, e.g. containerd.events.TaskExit."""
         self._queue.put_nowait(_Event(topic, type_url, message, datetime.now(UTC)))
 
+    def kick(self) -> None:
+        """containerd is reachable again: retry a failed send now, from the
+        shortest back-off. Without it, an exit that happened while containerd
+        was down could wait out a back-off longer than containerd's whole
+        reconnect-and-Shutdown sequence, and be dropped at exit."""
+        self._wake.set()
+
     async def close(self, timeout: float = 5.0) -> None:
         """Send what is queued (bounded by ``timeout``), then stop."""
         if self._task is None:
             return
         self._queue.put_nowait(None)
+        self.kick()
         try:
             await asyncio.wait_for(asyncio.shield(self._task), timeout)
         except TimeoutError:
@@ -86,8 +97,9 @@ class Publisher:
                 event=Any(type_url=event.type_url, value=bytes(event.message)),
             )
         )
-        delay = 0.1
+        delay = _MIN_BACKOFF
         while True:
+            self._wake.clear()
             try:
                 if self._client is None or self._client.closed:
                     self._client = await Client.connect(self._address, timeout=_FORWARD_TIMEOUT)
@@ -101,5 +113,8 @@ class Publisher:
                 if self._client is not None:
                     await self._client.close()
                     self._client = None
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, _MAX_BACKOFF)
+                try:
+                    await asyncio.wait_for(self._wake.wait(), delay)
+                    delay = _MIN_BACKOFF
+                except TimeoutError:
+                    delay = min(delay * 2, _MAX_BACKOFF)

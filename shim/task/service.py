@@ -118,7 +118,8 @@ class TaskService:
         c = self._get(req.id)
         p = c.process(req.exec_id)
         return api.StateResponse(
-            id=req.exec_id or req.id, bundle=c.bundle, pid=p.pid, status=_STATUS[p.state],
+            id=req.exec_id or req.id, bundle=c.bundle, pid=p.pid,
+            status=ApiStatus(_STATUS[p.state]),
             stdin=p.stdio.stdin, stdout=p.stdio.stdout, stderr=p.stdio.stderr,
             terminal=p.stdio.terminal, exit_status=p.exit_status,
             exited_at=p.exited_at or _GO_ZERO_TIME, exec_id=req.exec_id)
@@ -132,6 +133,8 @@ class TaskService:
         return Empty()
 
     async def connect(self, req: api.ConnectRequest, ctx: CallContext) -> api.ConnectResponse:
+        # containerd's first call after it (re)starts: events it missed can go now.
+        self.publisher.kick()
         c = self.containers.get(req.id)
         return api.ConnectResponse(shim_pid=os.getpid(), task_pid=c.init.pid if c else 0)
 

@@ -6,7 +6,7 @@ the sandbox (the root container's stdio at ``runsc create``), so the container
 writes straight into containerd's FIFOs — fewer copies than containerd's Go shim,
 which pumps every byte through a pipe of its own.
 
-What the shim still holds, and why (shim-protocol.md §6.2–6.4):
+What the shim still holds, and why (shim-protocol.md §6.2-6.4):
 - stdout/stderr: a read-only fd on each FIFO that is never read. Without it, a
   client that goes away (``ctr run -d``, a containerd restart) would turn the
   container's next write into EPIPE. It never delays EOF: EOF is about
@@ -102,7 +102,8 @@ class ProcessIO:
             scheme, path = _fifo_path(uri, what)
             if scheme == "file":
                 os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
-                outs.append(track(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)))
+                flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+                outs.append(track(os.open(path, flags, 0o644)))
                 continue
             keep.append(track(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)))
             outs.append(track(_open_blocking(path, os.O_WRONLY)))

@@ -58,6 +58,13 @@ def _is_runtime_process(cmdline: list[str]) -> bool:
     return any(m in heads for m in _MARKERS) or any("shim.cli" in a for a in cmdline[:4])
 
 
+def _is_forked_daemon(cmdline: list[str], cwd: str) -> bool:
+    # A shim daemon forked by shim.forkserver keeps the forkserver's argv
+    # (`python -m shim.forkserver ...`); unlike the forkserver itself, which
+    # lives as long as its containerd and runs in /, it runs in its bundle.
+    return "shim.forkserver" in cmdline[:4] and cwd != "/"
+
+
 def session_processes(workdir: Path, daemon_pid: int | None = None) -> list[psutil.Process]:
     """Shim and runsc processes of this test session.
 
@@ -71,7 +78,9 @@ def session_processes(workdir: Path, daemon_pid: int | None = None) -> list[psut
     for proc in psutil.process_iter(["pid", "cmdline"]):
         try:
             cmdline = proc.info["cmdline"] or []
-            if proc.pid in (me, daemon_pid) or not _is_runtime_process(cmdline):
+            if proc.pid in (me, daemon_pid):
+                continue
+            if not (_is_runtime_process(cmdline) or _is_forked_daemon(cmdline, proc.cwd())):
                 continue
             ours = any(mark in a for a in cmdline)
             ours = ours or daemon_pid in {p.pid for p in proc.parents()}

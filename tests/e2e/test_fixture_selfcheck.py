@@ -55,6 +55,16 @@ def test_leftover_process_markers(cmdline: list[str], runtime: bool) -> None:
     assert leftovers._is_runtime_process(cmdline) is runtime
 
 
+@pytest.mark.parametrize(("cmdline", "cwd", "daemon"), [
+    (["/r/.venv/bin/python3", "-m", "shim.forkserver", "/run/containerd/s/fs", "42"],
+     "/tmp/gg-x/state/io.containerd.runtime.v2.task/gg/c1", True),
+    (["/r/.venv/bin/python3", "-m", "shim.forkserver", "/run/containerd/s/fs", "42"], "/", False),
+    (["/usr/bin/python3", "-m", "http.server"], "/tmp/gg-x", False),
+])
+def test_forked_shim_daemons_are_recognised(cmdline: list[str], cwd: str, daemon: bool) -> None:
+    assert leftovers._is_forked_daemon(cmdline, cwd) is daemon
+
+
 def test_mounts_under_reads_escaped_mountinfo(tmp_path: Path) -> None:
     info = tmp_path / "mountinfo"
     info.write_text(
