@@ -69,7 +69,7 @@ def _runsc_delete(bundle: str, container_id: str) -> None:
     except (OSError, ValueError):
         return
     root = state.get("root")
-    if not root or not os.path.isdir(root) or not os.listdir(root):
+    if not root or not os.path.isdir(root) or not _has_state(root, container_id):
         return  # the daemon already deleted it
     argv = [state["binary"], *state["args"], "delete", "--force", container_id]
     try:
@@ -86,6 +86,15 @@ def _runsc_delete(bundle: str, container_id: str) -> None:
     with contextlib.suppress(OSError):
         os.rmdir(root)
     _remove_filestore(bundle, container_id)
+
+
+def _has_state(root: str, container_id: str) -> bool:
+    """Whether runsc still has state for exactly this id. runsc resolves ids by
+    prefix, so asking it to delete a gone ``app-1`` in a pod's root could find
+    ``app-10``; its state files start with the full id (``<id>.state`` in
+    2022 builds, ``<id>_sandbox:<sandbox>.state`` later)."""
+    return any(name.startswith((f"{container_id}_sandbox:", f"{container_id}.state"))
+               for name in os.listdir(root))
 
 
 def _remove_filestore(bundle: str, container_id: str) -> None:

@@ -125,7 +125,7 @@ def _start(flags: ShimFlags) -> int:
         while os.read(0, 65536):
             pass
     bundle = os.getcwd()
-    path = flags.socket or socket_path(flags.address, flags.namespace, flags.id)
+    path = flags.socket or socket_path(flags.address, flags.namespace, _group(bundle, flags.id))
     address = "unix://" + path
     if os.path.exists(path) and _connectable(path):
         _write_address(bundle, address)
@@ -152,6 +152,21 @@ def _start(flags: ShimFlags) -> int:
     _write_address(bundle, address)
     sys.stdout.write(address)
     return 0
+
+
+def _group(bundle: str, container_id: str) -> str:
+    """One shim per pod: CRI marks every container of a pod with its sandbox id
+    (shim-protocol.md §3.8), so they all reach the daemon that booted it."""
+    import json
+
+    try:
+        with open(os.path.join(bundle, "config.json"), "rb") as f:
+            annotations = json.load(f).get("annotations") or {}
+    except (OSError, ValueError, AttributeError):
+        return container_id
+    if annotations.get("io.kubernetes.cri.container-type") in ("sandbox", "container"):
+        return str(annotations.get("io.kubernetes.cri.sandbox-id") or container_id)
+    return container_id
 
 
 def _open_log(bundle: str) -> int:

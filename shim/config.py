@@ -88,6 +88,8 @@ class RuntimeConfig:
     platform: str | None = None  # None: the binary's default
     runsc_config: Mapping[str, str] = field(default_factory=dict)  # other global flags
     gpu: GpuConfig = field(default_factory=GpuConfig)
+    # The kubelet's PodResources socket, asked which GPUs a pod was given.
+    pod_resources_socket: str = "/var/lib/kubelet/pod-resources/kubelet.sock"
     source: str = "<defaults>"
     warnings: tuple[str, ...] = field(default=(), compare=False)
 
@@ -327,6 +329,7 @@ _KEYS: dict[str, tuple[str, Validator]] = {
     "cdi_spec_dirs": ("cdi_dirs", _abs_path_list),
     "cdi_vendors": ("cdi_vendors", _vendors),
     "cdi_default_kind": ("cdi_default_kind", _cdi_kind),
+    "pod_resources_socket": ("pod_resources_socket", _abs_path),
     "accept_visible_devices_env": ("accept_visible_devices_env", _bool),
     "nvproxy_allow_unsupported_driver": ("allow_unsupported_driver", _bool),
 }

@@ -1,13 +1,20 @@
 """A container: its bundle, its runsc sandbox, its init process and execs.
 
 Create is load → plan → write → ``runsc create``; the planner decides the GPU
-flags, this module only runs what it decided. The root container's exit code
-comes from reaping the sandbox process named by ``--pid-file``: the shim is a
-child subreaper, runsc's sandbox exits with the container's status (128+signal
-when killed), and ``runsc wait`` cannot answer once the sandbox is gone.
+flags, this module only runs what it decided.
 
-Events whose order matters (TaskStart before TaskExit) are published here,
-under the process lock, rather than in the service.
+Where exit codes come from:
+- a sandbox's root container: reaping the sandbox process named by
+  ``--pid-file``. The shim is a child subreaper, runsc's sandbox exits with the
+  container's status (128+signal when killed), and ``runsc wait`` cannot answer
+  once the sandbox is gone;
+- a pod's app container (a subcontainer): ``runsc wait``, started after
+  ``runsc start``; its pid file names the shared sandbox, not the container;
+- an exec: reaping the ``runsc exec --detach`` process, which stays until the
+  process inside exits.
+
+Events whose order matters (TaskStart before TaskExit, exec exits before the
+init's) are published here, under the process lock, rather than in the service.
 """
 
 from __future__ import annotations
@@ -18,19 +25,30 @@ import json
 import logging
 import os
 import signal
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from shim import mount, reaper
-from shim.errors import FailedPrecondition, NotFound
-from shim.runsc import CreateOptions, DeleteOptions, GlobalOptions, KillOptions, Runsc, RunscError
+from shim.errors import AlreadyExists, FailedPrecondition, NotFound
+from shim.runsc import (
+    CheckpointOptions,
+    CreateOptions,
+    DeleteOptions,
+    GlobalOptions,
+    KillOptions,
+    Runsc,
+    RunscError,
+)
 from shim.runsc import Stdio as RunscStdio
+from shim.task import oom
+from shim.task.console import ConsoleIO, ConsoleSocket
 from shim.task.process import Process
 from shim.task.state import Op, State
 from shim.task.stdio import ProcessIO, StdioPaths
 
-__all__ = ["STATE_FILE", "Container", "CreateParams", "ExitCallback", "StartCallback"]
+__all__ = ["STATE_FILE", "Container", "CreateParams", "EventCallback"]
 
 log = logging.getLogger("shim.task")
 
@@ -39,9 +57,12 @@ log = logging.getLogger("shim.task")
 STATE_FILE = "gvisorgpu-shim.json"
 _PID_FILE = "init.pid"
 _RUNSC_LOG = "runsc.log"
+# How long an init's TaskExit waits for its execs' exits to be published.
+_EXEC_EXIT_GRACE = 2.0
+# runsc's answer when a subcontainer's sandbox is gone before `wait` could ask.
+_SANDBOX_GONE = 128 + signal.SIGKILL
 
-StartCallback = Callable[[Process], None]
-ExitCallback = Callable[[Process], None]
+EventCallback = Callable[[str, Process], None]
 
 
 @dataclass(frozen=True)
@@ -51,28 +72,35 @@ class CreateParams:
     mounts: tuple[mount.MountSpec, ...]
     stdio: StdioPaths
     runsc: GlobalOptions  # already planned: GPU flags, network, platform
+    # Set for a pod's app container: the sandbox it joins (runsc subcontainer).
+    sandbox_id: str | None = None
+    cgroups_path: str = ""
+    memory_limit: int | None = None
 
 
 class Container:
-    def __init__(self, params: CreateParams, runsc: Runsc, on_start: StartCallback,
-                 on_exit: ExitCallback) -> None:
+    def __init__(self, params: CreateParams, on_event: EventCallback) -> None:
         self.id = params.id
         self.bundle = params.bundle
         self.params = params
-        self.runsc = runsc
+        self.runsc = Runsc(params.runsc, tmpdir=params.bundle)
         self.init = Process(params.id, "", params.stdio)
+        # exec id -> process; touched only on the event loop.
         self.execs: dict[str, Process] = {}
-        self._on_start = on_start
-        self._on_exit = on_exit
+        self._exec_specs: dict[str, dict[str, Any]] = {}
+        self._on_event = on_event  # ("start" | "exit" | "oom", process)
         self._rootfs_mounted = False
-        self._monitors: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def subcontainer(self) -> bool:
+        return self.params.sandbox_id is not None
 
     # ------------------------------------------------------------------ create
 
     @classmethod
-    async def create(cls, params: CreateParams, on_start: StartCallback,
-                     on_exit: ExitCallback) -> Container:
-        c = cls(params, Runsc(params.runsc, tmpdir=params.bundle), on_start, on_exit)
+    async def create(cls, params: CreateParams, on_event: EventCallback) -> Container:
+        c = cls(params, on_event)
         try:
             await c._create()
         except BaseException:
@@ -81,26 +109,49 @@ class Container:
         return c
 
     async def _create(self) -> None:
-        rootfs = os.path.join(self.bundle, "rootfs")
         if self.params.mounts:
-            mount.mount_rootfs(self.params.mounts, rootfs)
+            mount.mount_rootfs(self.params.mounts, os.path.join(self.bundle, "rootfs"))
             self._rootfs_mounted = True
         os.makedirs(self.params.runsc.root or "", exist_ok=True)
         _write_state(self.bundle, self.params.runsc)
         pid_file = os.path.join(self.bundle, _PID_FILE)
-        self.init.io = ProcessIO.open(self.params.stdio)
-        fds = self.init.io.child
-        await self.runsc.create(
-            self.id, CreateOptions(bundle=self.bundle, pid_file=pid_file),
-            RunscStdio(*fds),
-        )
-        self.init.io.child_spawned()
+        opts = CreateOptions(bundle=self.bundle, pid_file=pid_file)
+        if self.subcontainer:
+            if self.params.stdio.terminal:
+                raise FailedPrecondition(
+                    f"container {self.id}: a terminal for a pod's app container is not "
+                    "supported yet")
+            # runsc gives a subcontainer its stdio at `start`, not here.
+            self.init.io = ProcessIO.open(self.params.stdio)
+            await self.runsc.create(self.id, opts)
+        elif self.params.stdio.terminal:
+            await self._create_with_console(opts)
+        else:
+            io = ProcessIO.open(self.params.stdio)
+            self.init.io = io
+            await self.runsc.create(self.id, opts, RunscStdio(*io.child))
+            io.child_spawned()
         self.init.pid = int(Path(pid_file).read_text().strip())
-        # The sandbox was reparented to us when `runsc create` exited; an exit
-        # before this line is held by the reaper until watched.
-        self._monitor(self.init, reaper.get_reaper().watch(self.init.pid))
+        if not self.subcontainer:
+            # The sandbox was reparented to us when `runsc create` exited; an
+            # exit before this line is held by the reaper until watched.
+            self._spawn(self._watch_exit(self.init, reaper.get_reaper().watch(self.init.pid)))
 
-    # ------------------------------------------------------------------ lifecycle
+    async def _create_with_console(self, opts: CreateOptions) -> None:
+        console = ConsoleSocket()
+        try:
+            master = asyncio.create_task(asyncio.to_thread(console.receive_master))
+            try:
+                await self.runsc.create(self.id, CreateOptions(
+                    bundle=opts.bundle, pid_file=opts.pid_file, console_socket=console.path))
+            except BaseException:
+                master.cancel()
+                raise
+            self.init.io = ConsoleIO(self.params.stdio, await master)
+        finally:
+            console.close()
+
+    # ------------------------------------------------------------------ lookup
 
     def process(self, exec_id: str) -> Process:
         if not exec_id:
@@ -110,38 +161,131 @@ class Container:
         except KeyError:
             raise NotFound(f"exec {exec_id} does not exist in container {self.id}") from None
 
+    # ------------------------------------------------------------------ lifecycle
+
     async def start(self, exec_id: str) -> int:
         proc = self.process(exec_id)
         async with proc.lock:
             proc.check(Op.START)
-            if not proc.is_init:
-                raise FailedPrecondition(f"cannot start {proc.what}: exec is not supported yet")
             if self.init.exited:
-                raise FailedPrecondition(f"cannot start {proc.what}: its sandbox has exited")
-            await self.runsc.start(self.id)
+                raise FailedPrecondition(f"cannot start {proc.what}: the container has exited")
+            if proc.is_init:
+                await self._start_init(proc)
+            else:
+                await self._start_exec(proc)
             proc.apply(Op.START)
-            self._on_start(proc)
+            self._on_event("start", proc)
             return proc.pid
+
+    async def _start_init(self, proc: Process) -> None:
+        if not self.subcontainer:
+            await self.runsc.start(self.id)
+            return
+        io = proc.io
+        assert isinstance(io, ProcessIO)
+        await self.runsc.start(self.id, RunscStdio(*io.child))
+        io.child_spawned()
+        self._spawn(self._watch_exit(proc, asyncio.ensure_future(self._wait_subcontainer())))
+
+    async def _wait_subcontainer(self) -> int:
+        try:
+            return await self.runsc.wait(self.id)
+        except RunscError as e:
+            log.warning("runsc wait failed, taking the sandbox as killed: %s", e,
+                        extra={"container_id": self.id})
+            return _SANDBOX_GONE
+
+    async def _start_exec(self, proc: Process) -> None:
+        spec = self._exec_specs[proc.exec_id]
+        pid_file = os.path.join(self.bundle, f"{proc.exec_id}.pid")
+        if proc.stdio.terminal:
+            console = ConsoleSocket()
+            try:
+                master = asyncio.create_task(asyncio.to_thread(console.receive_master))
+                started = await self.runsc.exec(self.id, spec, pid_file=pid_file,
+                                                console_socket=console.path)
+                proc.io = ConsoleIO(proc.stdio, await master)
+            finally:
+                console.close()
+        else:
+            io = ProcessIO.open(proc.stdio)
+            proc.io = io
+            try:
+                started = await self.runsc.exec(self.id, spec, pid_file=pid_file,
+                                                stdio=RunscStdio(*io.child))
+            finally:
+                io.child_spawned()
+        proc.pid, proc.internal_pid = started.pid, started.internal_pid
+        self._spawn(self._watch_exit(proc, reaper.get_reaper().watch(started.pid)))
+
+    def add_exec(self, exec_id: str, process_spec: Mapping[str, Any], stdio: StdioPaths) -> None:
+        if exec_id in self.execs:
+            raise AlreadyExists(f"exec {exec_id} already exists in container {self.id}")
+        next_state = self.init.check(Op.EXEC)
+        del next_state  # Exec is legal; the init's own state does not change
+        self.execs[exec_id] = Process(self.id, exec_id, stdio)
+        self._exec_specs[exec_id] = dict(process_spec)
 
     async def kill(self, exec_id: str, sig: int, all_: bool) -> None:
         proc = self.process(exec_id)
         async with proc.lock:
             if proc.exited or proc.state in (State.STOPPED, State.DELETED):
                 raise NotFound(f"cannot signal {proc.what}: process already finished")
+            if proc.state is State.CREATED and not proc.is_init:
+                raise FailedPrecondition(f"cannot signal {proc.what}: it has not been started")
             proc.check(Op.KILL)
             if proc.state is State.CREATED:
-                # runsc refuses to signal a created container; ending the sandbox
-                # is what killing a parked init means.
-                if sig in (signal.SIGKILL, signal.SIGTERM):
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(proc.pid, signal.SIGKILL)
+                await self._kill_created(proc, sig)
                 return
+            opts = KillOptions(signal=sig, all=all_ and proc.is_init,
+                               pid=None if proc.is_init else proc.internal_pid)
             try:
-                await self.runsc.kill(self.id, KillOptions(signal=sig, all=all_))
+                await self.runsc.kill(self.id, opts)
             except RunscError as e:
-                if proc.exited or e.not_found:
+                if proc.exited or e.not_found or "not running" in e.reason:
                     raise NotFound(f"cannot signal {proc.what}: process already finished") from e
                 raise
+
+    async def _kill_created(self, proc: Process, sig: int) -> None:
+        """runsc refuses to signal a created container; ending it is what
+        killing a parked init means (containerd's delete path relies on it)."""
+        if sig not in (signal.SIGKILL, signal.SIGTERM, signal.SIGINT):
+            return
+        if self.subcontainer:
+            await self.runsc.delete(self.id, DeleteOptions(force=True))
+            proc.set_exited(_SANDBOX_GONE)
+            self._on_event("exit", proc)
+        else:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGKILL)
+
+    async def pause(self) -> None:
+        async with self.init.lock:
+            self.init.check(Op.PAUSE)
+            await self.runsc.pause(self.id)
+            self.init.apply(Op.PAUSE)
+
+    async def resume(self) -> None:
+        async with self.init.lock:
+            self.init.check(Op.RESUME)
+            await self.runsc.resume(self.id)
+            self.init.apply(Op.RESUME)
+
+    async def checkpoint(self, path: str, *, leave_running: bool) -> None:
+        async with self.init.lock:
+            self.init.check(Op.CHECKPOINT)
+            await self.runsc.checkpoint(self.id, CheckpointOptions(
+                image_path=path, leave_running=leave_running))
+
+    async def stats(self) -> dict[str, Any]:
+        if self.init.state not in (State.RUNNING, State.PAUSED) or self.init.exited:
+            raise NotFound(f"no metrics for container {self.id}: it is not running")
+        return await self.runsc.stats(self.id)
+
+    def resize_pty(self, exec_id: str, width: int, height: int) -> None:
+        io = self.process(exec_id).io
+        if isinstance(io, ConsoleIO):
+            io.resize(width, height)
 
     async def wait(self, exec_id: str) -> tuple[int, object]:
         return await self.process(exec_id).wait()
@@ -159,28 +303,45 @@ class Container:
                 await self._cleanup(force=False)
             else:
                 del self.execs[exec_id]
+                self._exec_specs.pop(exec_id, None)
             proc.state = State.DELETED
             return proc
 
-    def pids(self) -> list[int]:
-        return [p.pid for p in (self.init, *self.execs.values()) if p.pid and not p.exited]
+    def pids(self) -> list[tuple[int, str]]:
+        """(pid, exec id) of live processes; "" for the init."""
+        procs = (self.init, *self.execs.values())
+        return [(p.pid, p.exec_id) for p in procs if p.pid and not p.exited]
 
     # ------------------------------------------------------------------ internals
 
-    def _monitor(self, proc: Process, done: asyncio.Future[int]) -> None:
-        task = asyncio.get_running_loop().create_task(self._watch_exit(proc, done))
-        self._monitors.add(task)
-        task.add_done_callback(self._monitors.discard)
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _watch_exit(self, proc: Process, done: asyncio.Future[int]) -> None:
         code = await done
+        if proc.is_init:
+            await self._await_exec_exits()
         async with proc.lock:  # lets an in-flight Start publish TaskStart first
             deleted = proc.state is State.DELETED
             proc.set_exited(code)
         log.info("process exited", extra={"container_id": self.id, "exec_id": proc.exec_id,
                                            "pid": proc.pid, "exit_status": code})
-        if not deleted:
-            self._on_exit(proc)
+        if deleted:
+            return
+        if proc.is_init and code == _SANDBOX_GONE and oom.killed(self.params.cgroups_path):
+            self._on_event("oom", proc)
+        self._on_event("exit", proc)
+
+    async def _await_exec_exits(self) -> None:
+        """An init's TaskExit comes after its execs' (shim-protocol.md §4.3);
+        they die with the sandbox, so their exits are moments away."""
+        running = [p for p in self.execs.values() if p.state is State.RUNNING]
+        if running:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    asyncio.gather(*(p.wait() for p in running)), _EXEC_EXIT_GRACE)
 
     async def _cleanup(self, *, force: bool) -> None:
         """Release everything: runsc state, sandbox, rootfs mount, fds."""
@@ -191,8 +352,9 @@ class Container:
                 if not force:
                     raise
                 log.warning("runsc delete failed during cleanup: %s", e)
-        if self.init.io is not None:
-            self.init.io.close()
+        for proc in (self.init, *self.execs.values()):
+            if proc.io is not None and not proc.exited:
+                proc.io.close()
         if self._rootfs_mounted:
             mount.unmount_all(os.path.join(self.bundle, "rootfs"))
             self._rootfs_mounted = False
@@ -203,14 +365,6 @@ def _write_state(bundle: str, runsc: GlobalOptions) -> None:
     state = {"binary": runsc.binary, "root": runsc.root, "log": runsc.log,
              "args": runsc.args()}
     Path(bundle, STATE_FILE).write_text(json.dumps(state))
-
-
-def read_state(bundle: str) -> dict[str, object] | None:
-    try:
-        data = json.loads(Path(bundle, STATE_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def _remove_root(root: str | None) -> None:
@@ -229,4 +383,3 @@ def mounts_from(request_mounts: Sequence[object]) -> tuple[mount.MountSpec, ...]
         mount.MountSpec(m.type, m.source, m.target, tuple(m.options))  # type: ignore[attr-defined]
         for m in request_mounts
     )
-

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 
 import betterproto
@@ -18,7 +20,8 @@ from shim.api.containerd.task.v2 import CreateTaskRequest
 from shim.config import RuntimeConfig, load_config, resolve_network
 from shim.errors import FailedPrecondition, InvalidArgument
 from shim.gpu.detect import gather_host_facts
-from shim.gpu.plan import Plan, plan
+from shim.gpu.facts import SandboxRole
+from shim.gpu.plan import POD_ANNOTATION, Plan, plan
 from shim.runsc import (
     FLAG_PANIC_LOG,
     GlobalOptions,
@@ -28,14 +31,23 @@ from shim.runsc import (
     resolve_binary,
 )
 from shim.task.container import CreateParams, mounts_from, runsc_log_path
+from shim.task.pod import PodRole, Sandbox, pod_role
 from shim.task.stdio import StdioPaths
 
-__all__ = ["plan_bundle", "prepare"]
+__all__ = ["Prepared", "plan_bundle", "prepare"]
 
 log = logging.getLogger("shim.task")
 
 
-async def prepare(req: CreateTaskRequest, *, namespace: str) -> CreateParams:
+@dataclass(frozen=True)
+class Prepared:
+    params: CreateParams
+    # Set when this container boots a pod's sandbox: what its members will join.
+    sandbox: Sandbox | None
+
+
+async def prepare(req: CreateTaskRequest, *, namespace: str,
+                  sandboxes: Mapping[str, Sandbox]) -> Prepared:
     """Everything Create decides before runsc runs; refusals raise here."""
     if req.checkpoint:
         raise InvalidArgument(f"container {req.id}: restoring from a checkpoint is not supported")
@@ -43,28 +55,76 @@ async def prepare(req: CreateTaskRequest, *, namespace: str) -> CreateParams:
     config = load_config(options)
     caps = await probe(resolve_binary(config.binary_name))
     spec = bundle_io.load_spec(req.bundle)
-    result = plan_bundle(spec, caps, config, container_id=req.id)
+    role = pod_role(spec)
+    joined = _joined_sandbox(req.id, role, sandboxes)
+    sandbox_role = await _sandbox_role(role, joined, config, spec)
+    result = plan_bundle(spec, caps, config, container_id=req.id, sandbox=sandbox_role)
     if result.refusals:
         raise FailedPrecondition("; ".join(result.refusals))
     for warning in (*config.warnings, *result.warnings):
         log.warning(warning, extra={"container_id": req.id})
     if result.spec != spec:
         bundle_io.write_spec(req.bundle, result.spec)
-    network = resolve_network(config.network, result.spec)
-    runsc = _global_options(config, caps, result, namespace=namespace, network=network,
-                            container_id=req.id, bundle=req.bundle)
-    log.info("starting container with nvproxy" if result.nvproxy else "creating container",
-             extra={"container_id": req.id, "nvproxy_enabled": str(result.nvproxy).lower(),
-                    "network": network, "runsc": caps.describe(),
+    if joined is not None:
+        runsc = _member_options(joined.runsc, caps, req.bundle)
+    else:
+        network = resolve_network(config.network, result.spec)
+        runsc = _global_options(config, caps, result, namespace=namespace, network=network,
+                                container_id=req.id, bundle=req.bundle)
+    nvproxy = joined.nvproxy if joined is not None else result.nvproxy
+    log.info("starting container with nvproxy" if nvproxy else "creating container",
+             extra={"container_id": req.id, "nvproxy_enabled": str(nvproxy).lower(),
+                    "role": role.kind, "network": runsc.network, "runsc": caps.describe(),
                     "gpu_reasons": "; ".join(result.decision.reasons)})
-    return CreateParams(
+    resources = ((result.spec.get("linux") or {}).get("resources") or {})
+    params = CreateParams(
         id=req.id, bundle=req.bundle, mounts=mounts_from(req.rootfs),
         stdio=StdioPaths(req.stdin, req.stdout, req.stderr, req.terminal), runsc=runsc,
+        sandbox_id=joined.id if joined is not None else None,
+        cgroups_path=str((result.spec.get("linux") or {}).get("cgroupsPath") or ""),
+        memory_limit=(resources.get("memory") or {}).get("limit"),
     )
+    booted = Sandbox(req.id, runsc, result.nvproxy) if role.kind == "sandbox" else None
+    return Prepared(params, booted)
+
+
+def _joined_sandbox(container_id: str, role: PodRole,
+                    sandboxes: Mapping[str, Sandbox]) -> Sandbox | None:
+    if role.kind != "member":
+        return None
+    assert role.sandbox_id is not None
+    joined = sandboxes.get(role.sandbox_id)
+    if joined is None:
+        raise FailedPrecondition(
+            f"container {container_id} joins pod sandbox {role.sandbox_id}, which this shim "
+            "does not serve; the pod's sandbox container must be created first with the same "
+            "runtime handler")
+    return joined
+
+
+async def _sandbox_role(role: PodRole, joined: Sandbox | None, config: RuntimeConfig,
+                        spec: dict[str, Any]) -> SandboxRole:
+    if role.kind == "member":
+        assert joined is not None
+        return SandboxRole.member(joined.id, sandbox_nvproxy=joined.nvproxy)
+    if role.kind == "standalone":
+        return SandboxRole.standalone()
+    annotations = spec.get("annotations") or {}
+    if config.gpu.nvproxy != "auto" or POD_ANNOTATION in annotations \
+            or not (role.pod_name and role.pod_namespace):
+        return SandboxRole.pod_sandbox()
+    # The pause container carries no GPU request; ask the kubelet what the pod got.
+    from shim.kubelet import lookup_pod_gpus
+
+    found = await lookup_pod_gpus(config.pod_resources_socket, role.pod_name,
+                                  role.pod_namespace, vendors=tuple(config.gpu.cdi_vendors))
+    log.info("pod resources: %s", found.reason, extra={"pod": role.pod_name})
+    has_gpus = None if found.devices is None else bool(found.devices)
+    return SandboxRole.pod_sandbox(pod_has_gpus=has_gpus)
 
 
 def plan_bundle(spec: dict[str, Any], caps: RunscCapabilities, config: RuntimeConfig, *,
-                container_id: str) -> Plan:
+                container_id: str, sandbox: SandboxRole | None = None) -> Plan:
     """The GPU plan for one spec; the ``plan`` command calls this too."""
     host = gather_host_facts(
         runsc_path=caps.path, runsc_version=caps.version, runsc_release=caps.release,
@@ -72,7 +132,15 @@ def plan_bundle(spec: dict[str, Any], caps: RunscCapabilities, config: RuntimeCo
         supported_drivers=caps.supported_drivers, cdi_dirs=config.gpu.cdi_dirs,
         runsc_platforms=caps.platforms,
     )
-    return plan(spec, host, config.gpu, container_id=container_id)
+    return plan(spec, host, config.gpu, container_id=container_id, sandbox=sandbox)
+
+
+def _member_options(sandbox: GlobalOptions, caps: RunscCapabilities, bundle: str) -> GlobalOptions:
+    """A member is driven with its sandbox's flags; only the logs are its own."""
+    extra = dict(sandbox.extra)
+    if FLAG_PANIC_LOG in extra:
+        extra[FLAG_PANIC_LOG] = os.path.join(bundle, "runsc-panic.log")
+    return replace(sandbox, log=runsc_log_path(bundle), extra=extra)
 
 
 def _global_options(config: RuntimeConfig, caps: RunscCapabilities, result: Plan, *,

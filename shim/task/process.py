@@ -10,11 +10,20 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
+from typing import Protocol
 
 from shim.task.state import EXEC_TRANSITIONS, INIT_TRANSITIONS, Op, State, Table, next_state
-from shim.task.stdio import ProcessIO, StdioPaths
+from shim.task.stdio import StdioPaths
 
-__all__ = ["Process"]
+__all__ = ["Process", "StdioHandle"]
+
+
+class StdioHandle(Protocol):
+    """What a process's IO offers: plain fds (ProcessIO) or a terminal (ConsoleIO)."""
+
+    def child_spawned(self) -> None: ...
+    def close_stdin(self) -> None: ...
+    def close(self) -> None: ...
 
 
 class Process:
@@ -22,9 +31,11 @@ class Process:
         self.container_id = container_id
         self.exec_id = exec_id  # "" for the init process
         self.stdio = stdio
-        self.io: ProcessIO | None = None
+        self.io: StdioHandle | None = None
         self.state = State.CREATED
         self.pid = 0
+        # An exec's pid inside the sandbox (for `runsc kill --pid`).
+        self.internal_pid: int | None = None
         self.exit_status = 0
         self.exited_at: datetime | None = None
         self.lock = asyncio.Lock()

@@ -25,7 +25,7 @@ from urllib.parse import urlparse
 
 from shim.errors import InvalidArgument, Unimplemented
 
-__all__ = ["ProcessIO", "StdioPaths"]
+__all__ = ["ProcessIO", "StdioPaths", "fifo_path"]
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ class StdioPaths:
     terminal: bool = False
 
 
-def _fifo_path(uri: str, what: str) -> tuple[str, str]:
+def fifo_path(uri: str, what: str) -> tuple[str, str]:
     """(scheme, path) for an IO URI; a bare path means a FIFO."""
     if uri.startswith("/"):
         return "fifo", uri
@@ -89,7 +89,7 @@ class ProcessIO:
         keep: list[int] = []
         stdin_fd, writer = null_in, None
         if paths.stdin:
-            _, path = _fifo_path(paths.stdin, "stdin")
+            _, path = fifo_path(paths.stdin, "stdin")
             # Reader first: O_NONBLOCK opens of a FIFO's read end never block,
             # and then the keep-alive writer's open succeeds at once.
             stdin_fd = track(_open_blocking(path, os.O_RDONLY))
@@ -99,7 +99,7 @@ class ProcessIO:
             if not uri or (what == "stderr" and paths.terminal):
                 outs.append(null_out)
                 continue
-            scheme, path = _fifo_path(uri, what)
+            scheme, path = fifo_path(uri, what)
             if scheme == "file":
                 os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
                 flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC

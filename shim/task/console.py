@@ -1,0 +1,143 @@
+"""Terminals: the pty master runsc hands over, and the copies to the FIFOs.
+
+runsc allocates the pty itself and sends its master over ``--console-socket``
+(SCM_RIGHTS) during ``create`` (init) or ``exec``. The shim then copies
+stdin FIFO → master and master → stdout FIFO, and applies ResizePty to the
+master. The copies are two threads doing blocking IO: a pty and a FIFO each
+block on their own, and a thread per direction keeps the event loop free of
+both without a hand-made buffer. When the process exits the slave side closes,
+reading the master fails with EIO, and closing the stdout writer then gives
+the client its EOF (shim-protocol.md §6.5).
+"""
+
+from __future__ import annotations
+
+import array
+import contextlib
+import fcntl
+import os
+import socket
+import struct
+import tempfile
+import termios
+import threading
+
+from shim.task.stdio import StdioPaths, fifo_path
+
+__all__ = ["ConsoleIO", "ConsoleSocket"]
+
+_CHUNK = 32 * 1024
+
+
+class ConsoleSocket:
+    """A listening socket in a short private directory (sun_path is 108 bytes;
+    bundle paths under /run/containerd are already close to that)."""
+
+    def __init__(self) -> None:
+        self._dir = tempfile.mkdtemp(prefix="gvisorgpu-pty-")
+        self.path = os.path.join(self._dir, "console.sock")
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._sock.bind(self.path)
+        self._sock.listen(1)
+        self._sock.settimeout(60.0)
+
+    def receive_master(self) -> int:
+        """Blocking: wait for runsc to connect and send the pty master."""
+        conn, _ = self._sock.accept()
+        with conn:
+            fds = array.array("i")
+            _, ancdata, _, _ = conn.recvmsg(1024, socket.CMSG_SPACE(fds.itemsize))
+            for level, kind, data in ancdata:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                    fds.frombytes(data[: len(data) - (len(data) % fds.itemsize)])
+        if not fds:
+            raise OSError("runsc connected to the console socket but sent no terminal")
+        for extra in fds[1:]:
+            os.close(extra)
+        return fds[0]
+
+    def close(self) -> None:
+        self._sock.close()
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)
+        with contextlib.suppress(OSError):
+            os.rmdir(self._dir)
+
+
+class ConsoleIO:
+    """The shim's side of a process with a terminal. Same face as ProcessIO."""
+
+    def __init__(self, paths: StdioPaths, master: int) -> None:
+        self.paths = paths
+        self.master = master
+        self._stdin: int | None = None
+        self._stdin_writer: int | None = None
+        self._stdout: int | None = None
+        self._stdout_keep: int | None = None
+        self._lock = threading.Lock()
+        self._closed = False
+        if paths.stdin:
+            _, path = fifo_path(paths.stdin, "stdin")
+            self._stdin = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            self._stdin_writer = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            os.set_blocking(self._stdin, True)
+        if paths.stdout:
+            _, path = fifo_path(paths.stdout, "stdout")
+            self._stdout_keep = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            self._stdout = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        self._threads = [threading.Thread(target=self._pump_out, daemon=True)]
+        if self._stdin is not None:
+            self._threads.append(threading.Thread(target=self._pump_in, daemon=True))
+        for t in self._threads:
+            t.start()
+
+    def resize(self, width: int, height: int) -> None:
+        fcntl.ioctl(self.master, termios.TIOCSWINSZ, struct.pack("HHHH", height, width, 0, 0))
+
+    def _pump_out(self) -> None:
+        try:
+            while chunk := os.read(self.master, _CHUNK):
+                if self._stdout is not None:
+                    os.write(self._stdout, chunk)
+        except OSError:
+            pass  # EIO: the slave side is gone, the process has exited
+        finally:
+            with self._lock:
+                if self._stdout is not None:
+                    os.close(self._stdout)
+                    self._stdout = None
+
+    def _pump_in(self) -> None:
+        assert self._stdin is not None
+        with contextlib.suppress(OSError):
+            while chunk := os.read(self._stdin, _CHUNK):
+                os.write(self.master, chunk)
+        # EOF: the client closed its end and CloseIO dropped our keep-alive.
+        with contextlib.suppress(OSError):
+            os.close(self._stdin)
+
+    def child_spawned(self) -> None:
+        """Nothing to drop: runsc never had our FIFO fds."""
+
+    def close_stdin(self) -> None:
+        with self._lock:
+            if self._stdin_writer is not None:
+                os.close(self._stdin_writer)
+                self._stdin_writer = None
+
+    def close(self) -> None:
+        """The process has exited: let the output drain (off the event loop), then close."""
+        self.close_stdin()
+        threading.Thread(target=self._finish, daemon=True).start()
+
+    def _finish(self) -> None:
+        self._threads[0].join(timeout=5.0)
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            for fd in (self._stdout, self._stdout_keep, self.master):
+                if fd is not None:
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
+            self._stdout = None
