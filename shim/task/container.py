@@ -352,6 +352,9 @@ class Container:
                 if not force:
                     raise
                 log.warning("runsc delete failed during cleanup: %s", e)
+        # Tells the `delete` action that runsc has nothing left for this id.
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(self.bundle, STATE_FILE))
         for proc in (self.init, *self.execs.values()):
             if proc.io is not None and not proc.exited:
                 proc.io.close()
