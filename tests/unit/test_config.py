@@ -138,7 +138,8 @@ REFUSALS = [
     ("zzz = 1", P + "`zzz` is not a known key; known keys: accept_visible_devices_env, "
      "binary_name, cdi_default_kind, cdi_spec_dirs, cdi_vendors, debug, gvisorPlatform, "
      "gvisorRoot, log_level, log_path, network, nvproxy, nvproxy_allow_unsupported_driver, "
-     "nvproxy_allowed_capabilities, nvproxy_driver_version, platform, root, runsc_config"),
+     "nvproxy_allowed_capabilities, nvproxy_driver_version, platform, pod_resources_socket, "
+     "root, runsc_config"),
     ('cdi_default_kind = "gpu"', P + "`cdi_default_kind` = 'gpu' is not a CDI kind; write it "
      'as vendor/class, like "nvidia.com/gpu"'),
     ('shim_cgroup = "/x"', P + "`shim_cgroup` is a containerd-shim-runsc-v1 setting this shim "
