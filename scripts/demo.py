@@ -64,9 +64,9 @@ def main() -> int:
         config = daemon.write_runtime_config(runsc=paths.RUNSC_2024)
         print(config.read_text())
         banner("a container in gVisor through the shim")
+        script = "echo hello from gVisor; uname -r; dmesg | head -n 3"
         out = show(daemon.ctr.argv("run", "--rm", *cd.gvisorgpu_args(config), image.ref, "demo",
-                                   "sh", "-c", "echo hello from gVisor; uname -r; dmesg | head -n 3"),
-                   timeout=120)
+                                   "sh", "-c", script), timeout=120)
         if out.returncode != 0:
             print(daemon.log_tail(30), file=sys.stderr)
             return out.returncode
@@ -76,10 +76,11 @@ def main() -> int:
             (work / "cdi/nvidia.json").write_text(json.dumps(CDI_SPEC))
             rootfs = images.make_rootfs(work / "rootfs")
             bundle = gpu_bundle(work, rootfs)
-            base = config.read_text().replace("[runsc_config]", f'cdi_spec_dirs = ["{work}/cdi"]\n\n[runsc_config]')
+            table = "[runsc_config]"
+            base = config.read_text().replace(table, f'cdi_spec_dirs = ["{work}/cdi"]\n\n{table}')
             (work / "gpu.toml").write_text(base)
-            (work / "gpu-forced.toml").write_text(
-                base.replace("[runsc_config]", 'nvproxy_driver_version = "550.90.07"\n\n[runsc_config]'))
+            forced = 'nvproxy_driver_version = "550.90.07"'
+            (work / "gpu-forced.toml").write_text(base.replace(table, f"{forced}\n\n{table}"))
             banner("GPU plan on this host (no NVIDIA driver): refused before runsc runs")
             show([str(SHIM), "plan", str(bundle), "--config", str(work / "gpu.toml")])
             banner("GPU plan with the driver ABI forced in the config")

@@ -66,7 +66,7 @@ async def prepare(req: CreateTaskRequest, *, namespace: str,
     if result.spec != spec:
         bundle_io.write_spec(req.bundle, result.spec)
     if joined is not None:
-        runsc = _member_options(joined.runsc, caps, req.bundle)
+        runsc = _member_options(joined.runsc, req.bundle)
     else:
         network = resolve_network(config.network, result.spec)
         runsc = _global_options(config, caps, result, namespace=namespace, network=network,
@@ -135,12 +135,11 @@ def plan_bundle(spec: dict[str, Any], caps: RunscCapabilities, config: RuntimeCo
     return plan(spec, host, config.gpu, container_id=container_id, sandbox=sandbox)
 
 
-def _member_options(sandbox: GlobalOptions, caps: RunscCapabilities, bundle: str) -> GlobalOptions:
-    """A member is driven with its sandbox's flags; only the logs are its own."""
-    extra = dict(sandbox.extra)
-    if FLAG_PANIC_LOG in extra:
-        extra[FLAG_PANIC_LOG] = os.path.join(bundle, "runsc-panic.log")
-    return replace(sandbox, log=runsc_log_path(bundle), extra=extra)
+def _member_options(sandbox: GlobalOptions, bundle: str) -> GlobalOptions:
+    """A member is driven with its sandbox's flags; only runsc's command log is
+    its own. The panic log stays the sandbox's: the sandbox process, started
+    with the pause container's flags, is what writes it when it crashes."""
+    return replace(sandbox, log=runsc_log_path(bundle))
 
 
 def _global_options(config: RuntimeConfig, caps: RunscCapabilities, result: Plan, *,

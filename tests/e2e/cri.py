@@ -30,6 +30,7 @@ import json
 import secrets
 import subprocess
 import time
+import tomllib
 import uuid
 from collections.abc import Coroutine, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -297,7 +298,9 @@ def cni_conflist(name: str, bridge: str, ipam_dir: Path,
 
 def cri_config_toml(version: str, *, sandbox_image: str, cni_conf_dir: Path,
                     gvisorgpu_config: Path | None = None,
-                    pod_annotations: Sequence[str] = POD_ANNOTATIONS) -> str:
+                    pod_annotations: Sequence[str] = POD_ANNOTATIONS,
+                    container_annotations: Sequence[str] = (),
+                    cdi_spec_dirs: Sequence[str] = ()) -> str:
     """The CRI part of a private containerd's config, version 2 (1.x) or 3 (2.x).
 
     restrict_oom_score_adj: CRI gives the pause container oom_score_adj -998,
@@ -306,7 +309,11 @@ def cri_config_toml(version: str, *, sandbox_image: str, cni_conf_dir: Path,
     pod network namespaces out of /var/run/netns. The streaming server (exec,
     attach, port-forward URLs) takes a free port. Handler options use Go field
     names (TypeUrl, ConfigPath): CRI decodes the TOML table into the Go struct.
-    The gvisorgpu handler matches scripts/kubernetes/containerd-v*.toml.
+    The gvisorgpu handler matches scripts/kubernetes/containerd-v*.toml;
+    `container_annotations` (container annotations CRI copies into the OCI
+    spec, e.g. ``cdi.k8s.io/*``) is added to it only when given.
+    `cdi_spec_dirs` are the folders 2.x's own CDI support (on by default)
+    resolves ``cdi.k8s.io/*`` requests from; 1.6's CRI has no CDI.
     """
     v = cd._toml_value
     if cd.major(version) >= 2:
@@ -318,7 +325,8 @@ def cri_config_toml(version: str, *, sandbox_image: str, cni_conf_dir: Path,
                 "[plugins.'io.containerd.grpc.v1.cri']\n"
                 "  stream_server_address = '127.0.0.1'\n  stream_server_port = '0'\n"
                 f"[plugins.{runtime}]\n"
-                "  cdi_spec_dirs = []\n")  # no host CDI specs; GPU tests bring their own
+                # No host CDI specs; GPU tests bring their own.
+                f"  cdi_spec_dirs = {v(list(cdi_spec_dirs))}\n")
         cni_bin = f"  bin_dirs = [{v(CNI_BIN_DIR)}]\n"
     else:
         runtime = '"io.containerd.grpc.v1.cri"'
@@ -334,8 +342,10 @@ def cri_config_toml(version: str, *, sandbox_image: str, cni_conf_dir: Path,
     if gvisorgpu_config is not None:
         table = f"plugins.{runtime}.containerd.runtimes.{HANDLER_GVISORGPU}"
         text += (f"[{table}]\n  runtime_type = {v(cd.RUNTIME_GVISORGPU)}\n"
-                 f"  pod_annotations = {v(list(pod_annotations))}\n"
-                 f"[{table}.options]\n  TypeUrl = {v(OPTIONS_TYPE_URL)}\n"
+                 f"  pod_annotations = {v(list(pod_annotations))}\n")
+        if container_annotations:
+            text += f"  container_annotations = {v(list(container_annotations))}\n"
+        text += (f"[{table}.options]\n  TypeUrl = {v(OPTIONS_TYPE_URL)}\n"
                  f"  ConfigPath = {v(str(gvisorgpu_config))}\n")
     return text
 
@@ -425,6 +435,30 @@ class CriEnv:
                   if link["ifname"] not in ("lo", self.bridge)]
         return found
 
+    def configure(self, *, network: str = "none",
+                  runsc_config: Mapping[str, str] | None = None,
+                  **settings: object) -> Path:
+        """Rewrite the gvisorgpu handler's runtime config file in place.
+
+        The shim reads it at every task Create, so the next pod sandbox (and
+        the flags it boots with) follows it; app containers keep their
+        sandbox's flags. Keeps the fixture's runsc and root; `network` is the
+        top-level key (``auto`` included), `settings` are other top-level
+        keys (nvproxy_driver_version, cdi_spec_dirs, pod_resources_socket...),
+        `runsc_config` extra runsc flags beside platform systrap.
+        """
+        if self.runtime_config is None:
+            raise RuntimeError("this containerd has no gvisorgpu handler")
+        old = tomllib.loads(self.runtime_config.read_text())
+        v = cd._toml_value
+        top = {"binary_name": old["binary_name"], "root": old["root"], "network": network,
+               **settings}
+        flags = {"platform": "systrap", **(runsc_config or {})}
+        self.runtime_config.write_text(
+            "".join(f"{k} = {v(val)}\n" for k, val in top.items()) + "\n[runsc_config]\n"
+            + "".join(f"{k} = {v(val)}\n" for k, val in flags.items()))
+        return self.runtime_config
+
     def reset(self) -> list[str]:
         """Remove everything a test left, as far as possible; what was left."""
         found = self.leftovers(grace=0.5)
@@ -445,11 +479,14 @@ def cri_containerd(
     runsc: Path | None = None,
     runtime_config: Mapping[str, Any] | None = None,
     pod_annotations: Sequence[str] = POD_ANNOTATIONS,
+    container_annotations: Sequence[str] = (),
+    cdi_spec_dirs: Sequence[str] = (),
     keep_dir: bool = False,
 ) -> Iterator[CriEnv]:
     """A private containerd `version` with CRI: handler runc, and gvisorgpu when
     `runsc` is given (its config file from ``Containerd.write_runtime_config``
-    with `runtime_config` as keyword arguments).
+    with `runtime_config` as keyword arguments; ``CriEnv.configure`` rewrites
+    it). `container_annotations` and `cdi_spec_dirs`: see ``cri_config_toml``.
 
     `images` are (archive, reference) pairs imported into the k8s.io
     namespace; `sandbox_image` must be one of them (nothing is pulled). On
@@ -475,7 +512,8 @@ def cri_containerd(
             config_path = daemon.write_runtime_config(runsc=runsc, **dict(runtime_config or {}))
         daemon.extra_config = cri_config_toml(
             version, sandbox_image=sandbox_image, cni_conf_dir=conf_dir,
-            gvisorgpu_config=config_path, pod_annotations=pod_annotations)
+            gvisorgpu_config=config_path, pod_annotations=pod_annotations,
+            container_annotations=container_annotations, cdi_spec_dirs=cdi_spec_dirs)
         _run_in_netns(daemon, netns)
         daemon.start()
         cri = CriClient(daemon.address, log_root=workdir / "pods", cgroup_root=cgroup_root)

@@ -54,7 +54,8 @@ def runsc_state(root: Path) -> list[str]:
 
 
 def _is_runtime_process(cmdline: list[str]) -> bool:
-    heads = " ".join(os.path.basename(a) for a in cmdline[:2])
+    # Three words: the installed launcher runs `python3 -IS <shim> ...`.
+    heads = " ".join(os.path.basename(a) for a in cmdline[:3])
     return any(m in heads for m in _MARKERS) or any("shim.cli" in a for a in cmdline[:4])
 
 

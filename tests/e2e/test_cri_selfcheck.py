@@ -18,7 +18,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from grpclib.exceptions import GRPCError
 
 from shim.api.k8s.cri.runtime.v1 import ContainerState, ImageSpec, ImageStatusRequest
 from shim.api.k8s.cri.runtime.v1 import PodSandboxState as PodState
