@@ -91,8 +91,16 @@ class ConsoleIO:
         for t in self._threads:
             t.start()
 
-    def resize(self, width: int, height: int) -> None:
-        fcntl.ioctl(self.master, termios.TIOCSWINSZ, struct.pack("HHHH", height, width, 0, 0))
+    def resize(self, width: int, height: int) -> bool:
+        """False once the terminal is closed. The master's fd number is only
+        used under the lock while it is open: after close the number may
+        already name another container's file."""
+        with self._lock:
+            if self.master < 0:
+                return False
+            fcntl.ioctl(self.master, termios.TIOCSWINSZ,
+                        struct.pack("HHHH", height, width, 0, 0))
+            return True
 
     def _pump_out(self) -> None:
         try:
@@ -111,7 +119,10 @@ class ConsoleIO:
         assert self._stdin is not None
         with contextlib.suppress(OSError):
             while chunk := os.read(self._stdin, _CHUNK):
-                os.write(self.master, chunk)
+                with self._lock:
+                    if self.master < 0:
+                        break
+                    os.write(self.master, chunk)
         # EOF: the client closed its end and CloseIO dropped our keep-alive.
         with contextlib.suppress(OSError):
             os.close(self._stdin)
@@ -137,7 +148,8 @@ class ConsoleIO:
                 return
             self._closed = True
             for fd in (self._stdout, self._stdout_keep, self.master):
-                if fd is not None:
+                if fd is not None and fd >= 0:
                     with contextlib.suppress(OSError):
                         os.close(fd)
             self._stdout = None
+            self.master = -1

@@ -283,9 +283,9 @@ class Container:
         return await self.runsc.stats(self.id)
 
     def resize_pty(self, exec_id: str, width: int, height: int) -> None:
-        io = self.process(exec_id).io
-        if isinstance(io, ConsoleIO):
-            io.resize(width, height)
+        proc = self.process(exec_id)
+        if isinstance(proc.io, ConsoleIO) and not proc.io.resize(width, height):
+            raise NotFound(f"cannot resize the terminal of {proc.what}: it has exited")
 
     async def wait(self, exec_id: str) -> tuple[int, object]:
         return await self.process(exec_id).wait()
