@@ -23,6 +23,7 @@ import os
 import re
 import select
 import shutil
+import signal
 import subprocess
 import tarfile
 import threading
@@ -387,11 +388,16 @@ def until_size(term: Terminal, rows: int, cols: int, timeout: float = 15.0) -> N
 
     Sizes reach the container asynchronously: ctr sends the first ResizePty
     only after Start (a shell can be quicker: then stty finds a 0x0 terminal
-    and fails), and later ones from its SIGWINCH handler.
+    and fails), and later ones from its SIGWINCH handler, which it installs
+    only once the process has started; a SIGWINCH before that is lost (seen
+    with containerd's own runc shim too), so the size is set again each round.
     """
     deadline = time.monotonic() + timeout
     want = re.compile(rb"\r*\n%d %d\r*\n" % (rows, cols))
     while True:
+        term.resize(rows, cols)
+        # An unchanged size sends no SIGWINCH, so nudge ctr (the command itself).
+        os.kill(term.proc.pid, signal.SIGWINCH)
         mark = len(term.output)
         term.send(b"stty size\r")
         term.expect(rb"\r*\n(\d+ \d+|stty: [^\r\n]*)\r*\n", timeout=10, start=mark)
