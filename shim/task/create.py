@@ -156,9 +156,16 @@ def _global_options(config: RuntimeConfig, caps: RunscCapabilities, result: Plan
     root = os.path.join(config.runsc_root(namespace), container_id)
     base = config.global_options(namespace=namespace, network=network,  # type: ignore[arg-type]
                                  log=runsc_log_path(bundle), extra=flags)
+    debug_log = base.debug_log
+    if base.debug and debug_log is None:
+        # `debug = true` alone: runsc's per-command debug logs under the root,
+        # one folder per sandbox, outside the sandbox's own runsc state.
+        debug_log = os.path.join(config.root, "debug", namespace, container_id) + "/"
+    elif debug_log is not None:
+        debug_log = debug_log.replace("%ID%", container_id)
     opts = GlobalOptions(
         binary=caps.path, root=root, log=base.log, log_format=base.log_format, debug=base.debug,
-        debug_log=base.debug_log, platform=platform, network=base.network, extra=base.extra,
+        debug_log=debug_log, platform=platform, network=base.network, extra=base.extra,
     )
     check_flags(caps, opts.flag_names())
     return opts
