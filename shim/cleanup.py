@@ -135,20 +135,12 @@ def delete_action(bundle: str, container_id: str, *, socket_file: str) -> bytes:
         from shim.mount import unmount_all
 
         unmount_all(rootfs)
-    if os.path.exists(socket_file) and not _alive(socket_file):
+    from shim.cli import connectable
+
+    if os.path.exists(socket_file) and not connectable(socket_file):
         try:
             os.unlink(socket_file)
         except OSError:
             pass
     return encode_delete_response(_read_pid(bundle), _KILLED, time.time())
 
-
-def _alive(path: str) -> bool:
-    import socket
-
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        try:
-            s.connect(path)
-        except OSError:
-            return False
-        return True

@@ -95,7 +95,8 @@ def socket_path(address: str, namespace: str, group: str) -> str:
     return os.path.join(SOCKET_DIR, digest)
 
 
-def _connectable(path: str) -> bool:
+def connectable(path: str) -> bool:
+    """Whether a shim daemon answers on this socket (a dead one leaves the file)."""
     import socket
 
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
@@ -139,7 +140,7 @@ def _start(flags: ShimFlags) -> int:
     bundle = os.getcwd()
     path = flags.socket or socket_path(flags.address, flags.namespace, _group(bundle, flags.id))
     address = "unix://" + path
-    if os.path.exists(path) and _connectable(path):
+    if os.path.exists(path) and connectable(path):
         _write_address(bundle, address)
         sys.stdout.write(address)
         return 0

@@ -180,6 +180,20 @@ class Runsc:
     def _json(out: bytes) -> Any:
         return json.loads(out) if out.strip() else None
 
+    async def _sandbox_crash(self) -> str | None:
+        """The sandbox's panic, if it crashed. runsc reports the broken control
+        connection ("EOF") as soon as the sentry dies, which can be before the
+        sentry has finished writing its panic log, so look for a short while."""
+        path = self.options.extra.get(FLAG_PANIC_LOG)
+        if not path:
+            return None
+        deadline = asyncio.get_running_loop().time() + _PANIC_WAIT
+        while (crash := sandbox_panic(path)) is None:
+            if asyncio.get_running_loop().time() >= deadline:
+                return None
+            await asyncio.sleep(0.05)
+        return crash
+
     async def _call(self, sub: Subcommand, container_id: str, stdio: Stdio | None = None,
                     timeout: float | Literal["default"] | None = "default") -> bytes:
         args = self.argv(sub, container_id)
@@ -190,11 +204,15 @@ class Runsc:
             raise RunscError(args, None, err, f"no answer within {limit:g} s; killed it")
         if code != 0:
             message = last_error_message(self.options.log, mark)
-            crash = sandbox_panic(self.options.extra.get(FLAG_PANIC_LOG))
-            if crash and (message is None or message.endswith("EOF")):
-                message = f"{message}; {crash}" if message else crash
+            if message is None or message.endswith("EOF"):
+                crash = await self._sandbox_crash()
+                if crash:
+                    message = f"{message}; {crash}" if message else crash
             raise RunscError(args, code, err, message)
         return out
+
+
+_PANIC_WAIT = 1.0  # s; the dying sandbox may still be writing its report
 
 
 def _read_pid(path: str) -> int | None:

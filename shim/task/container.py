@@ -244,6 +244,11 @@ class Container:
             except RunscError as e:
                 if proc.exited or e.not_found or "not running" in e.reason:
                     raise NotFound(f"cannot signal {proc.what}: process already finished") from e
+                if self.subcontainer and proc.is_init and not _sandbox_alive(proc.pid):
+                    # The pod's sandbox died and took this container with it;
+                    # `runsc wait` may not have said so yet.
+                    self._record_exit(proc, _SANDBOX_GONE)
+                    raise NotFound(f"cannot signal {proc.what}: its sandbox has exited") from e
                 raise
 
     async def _kill_created(self, proc: Process, sig: int) -> None:
@@ -253,8 +258,7 @@ class Container:
             return
         if self.subcontainer:
             await self.runsc.delete(self.id, DeleteOptions(force=True))
-            proc.set_exited(_SANDBOX_GONE)
-            self._on_event("exit", proc)
+            self._record_exit(proc, _SANDBOX_GONE)
         else:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(proc.pid, signal.SIGKILL)
@@ -324,8 +328,15 @@ class Container:
         if proc.is_init:
             await self._await_exec_exits()
         async with proc.lock:  # lets an in-flight Start publish TaskStart first
-            deleted = proc.state is State.DELETED
-            proc.set_exited(code)
+            self._record_exit(proc, code)
+
+    def _record_exit(self, proc: Process, code: int) -> None:
+        """Record an exit once and publish it (TaskOOM first when the OOM killer
+        ended the sandbox); a second report of the same exit is ignored."""
+        if proc.exited:
+            return
+        deleted = proc.state is State.DELETED
+        proc.set_exited(code)
         log.info("process exited", extra={"container_id": self.id, "exec_id": proc.exec_id,
                                            "pid": proc.pid, "exit_status": code})
         if deleted:
@@ -362,6 +373,14 @@ class Container:
             mount.unmount_all(os.path.join(self.bundle, "rootfs"))
             self._rootfs_mounted = False
         _remove_root(self.params.runsc.root)
+
+
+def _sandbox_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().startswith(b"runsc-sandbox")
+    except OSError:
+        return False
 
 
 def _write_state(bundle: str, runsc: GlobalOptions) -> None:

@@ -9,11 +9,7 @@ into a failure.
 from __future__ import annotations
 
 import hashlib
-import json
-import queue
 import re
-import subprocess
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e import containerd as cd
+from tests.e2e.test_task_api import events
 
 pytestmark = pytest.mark.e2e
 
@@ -151,72 +148,16 @@ def test_old_runsc_smoke(ctr: cd.Ctr, busybox: str, runsc_2022: Path,
     assert (out.returncode, out.stdout) == (5, "4.4.0\n"), out.stderr
 
 
-class _Lines:
-    """Lines of a child's stdout, collected by a thread, so that a test can poll."""
-
-    def __init__(self, proc: subprocess.Popen[str]) -> None:
-        self.lines: queue.Queue[str] = queue.Queue()
-        self.seen: list[str] = []
-        assert proc.stdout is not None
-        self._stream = proc.stdout
-        self._thread = threading.Thread(target=self._read, daemon=True)
-        self._thread.start()
-
-    def _read(self) -> None:
-        for line in self._stream:
-            self.lines.put(line)
-
-    def close(self) -> None:
-        """After the child is gone: the thread has hit EOF; release the pipe."""
-        self._thread.join(timeout=10)
-        self._stream.close()
-
-    def until(self, predicate: Callable[[str], bool], timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while (left := deadline - time.monotonic()) > 0:
-            try:
-                line = self.lines.get(timeout=left)
-            except queue.Empty:
-                return False
-            self.seen.append(line)
-            if predicate(line):
-                return True
-        return False
-
-
-def _task_events(lines: list[str], cid: str) -> list[tuple[str, dict[str, object]]]:
-    """(topic, event) for `cid`'s task events; ctr prints `TIME NS TOPIC JSON`."""
-    found = []
-    for line in lines:
-        topic = next((t for t in TASK_TOPICS if f" {t} " in line), None)
-        if topic is None or "{" not in line:
-            continue
-        event = json.loads(line[line.index("{"):])
-        if event.get("container_id") == cid:
-            found.append((topic, event))
-    return found
-
-
 def test_task_events_reach_containerd_in_order(ctr: cd.Ctr, busybox: str,
                                                gvisorgpu: list[str],
                                                container_id: Callable[[str], str]) -> None:
-    cid, probe = container_id("ev"), container_id("evprobe")
-    events = ctr.popen("events", stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    lines = _Lines(events)
-    try:
-        # Subscribed once an event made after the start shows up.
-        ctr("containers", "create", busybox, probe, "true", check=True)
-        ctr("containers", "rm", probe, check=True)
-        assert lines.until(lambda ln: "/containers/delete" in ln, 15), lines.seen
+    cid = container_id("ev")
+    with events(ctr, busybox, container_id("evprobe")) as recorder:
         out = ctr("run", "--rm", *gvisorgpu, busybox, cid, "sh", "-c", "exit 7")
         assert out.returncode == 7, out.stderr
-        lines.until(lambda ln: "/tasks/delete" in ln and cid in ln, 15)
-    finally:
-        events.terminate()
-        events.wait(timeout=10)
-        lines.close()
-    got = _task_events(lines.seen, cid)
-    assert [topic for topic, _ in got] == list(TASK_TOPICS), lines.seen
+        recorder.wait_for(lambda ln: "/tasks/delete" in ln and cid in ln, 15)
+    got = [(topic, ev) for topic, ev in recorder.of(cid) if topic in TASK_TOPICS]
+    assert [topic for topic, _ in got] == list(TASK_TOPICS), recorder.lines
     exits = {topic: ev for topic, ev in got}
     assert exits["/tasks/exit"]["exit_status"] == 7
     assert exits["/tasks/delete"]["exit_status"] == 7

@@ -5,25 +5,18 @@ create/start/wait/kill/exec/delete with the exit codes containerd expects."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import ctypes
-import json
-import shutil
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import pytest_asyncio
 
 from shim import runsc
 from shim.reaper import get_reaper
-from shim.runsc import CreateOptions, DeleteOptions, GlobalOptions, KillOptions, Runsc, RunscError
-from tests import paths
+from shim.runsc import KillOptions, RunscError
+from tests.integration.runsc_container import Sandbox, busybox_sandbox, runsc_binary
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
-BUSYBOX = Path("/bin/busybox")
-_PR_SET_CHILD_SUBREAPER = 36
 
 BINARIES = [
     pytest.param("RUNSC_2022", 20221219, id="runsc-20221219"),
@@ -31,19 +24,12 @@ BINARIES = [
 ]
 
 
-def _binary(attr: str) -> Path:
-    path: Path | None = getattr(paths, attr)
-    if path is None:
-        pytest.skip(f"{attr} is not installed (run scripts/install-deps)")
-    return path
-
-
 # --------------------------------------------------------------------------- probe
 
 
 @pytest.mark.parametrize(("attr", "release"), BINARIES)
 def test_probe_sync_matches_fixture(attr: str, release: int) -> None:
-    caps = runsc.probe_sync(str(_binary(attr)))
+    caps = runsc.probe_sync(str(runsc_binary(attr)))
     fixture = runsc.parse_flags((FIXTURES / f"runsc-flags-{release}.txt").read_text())
     assert caps.flags == frozenset(fixture), "re-capture tests/fixtures/runsc-flags-*.txt"
     assert caps.release == release
@@ -55,7 +41,7 @@ def test_probe_sync_matches_fixture(attr: str, release: int) -> None:
 
 @pytest.mark.asyncio
 async def test_probe_async_2024() -> None:
-    binary = str(_binary("RUNSC_2024"))
+    binary = str(runsc_binary("RUNSC_2024"))
     r = get_reaper()
     r.install(asyncio.get_running_loop(), subreaper=False)
     try:
@@ -72,7 +58,7 @@ async def test_probe_async_2024() -> None:
 
 
 def test_probe_2022_has_no_nvproxy() -> None:
-    caps = runsc.probe_sync(str(_binary("RUNSC_2022")))
+    caps = runsc.probe_sync(str(runsc_binary("RUNSC_2022")))
     assert caps.default_platform == "ptrace"
     assert caps.platforms == frozenset({"ptrace", "kvm"})
     assert not caps.nvproxy and caps.supported_drivers is None
@@ -84,83 +70,10 @@ def test_probe_2022_has_no_nvproxy() -> None:
 # --------------------------------------------------------------------------- lifecycle
 
 
-def _spec(args: list[str]) -> dict[str, Any]:
-    return {
-        "ociVersion": "1.0.0",
-        "process": {"user": {"uid": 0, "gid": 0}, "args": args, "cwd": "/",
-                    "env": ["PATH=/bin"]},
-        "root": {"path": "rootfs", "readonly": True},
-        "hostname": "runsc",
-        "mounts": [
-            {"destination": "/proc", "type": "proc", "source": "proc"},
-            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs"},
-        ],
-        "linux": {"namespaces": [{"type": t} for t in ("pid", "network", "ipc", "uts", "mount")]},
-    }
-
-
-class Sandbox:
-    """Bundles under one runsc root, deleted with --force whatever happens."""
-
-    def __init__(self, tmp: Path, runsc_bin: Path, network: runsc.Network = "none") -> None:
-        self.tmp = tmp
-        self.runsc = Runsc(GlobalOptions(binary=str(runsc_bin), root=str(tmp / "root"),
-                                         log=str(tmp / "log.json"), network=network))
-        self.ids: list[str] = []
-
-    def bundle(self, cid: str, args: list[str]) -> str:
-        bundle = self.tmp / cid
-        (bundle / "rootfs/bin").mkdir(parents=True)
-        shutil.copy(BUSYBOX, bundle / "rootfs/bin/busybox")
-        for applet in ("sh", "sleep"):
-            (bundle / "rootfs/bin" / applet).symlink_to("busybox")
-        (bundle / "config.json").write_text(json.dumps(_spec(args)))
-        return str(bundle)
-
-    async def create(self, cid: str, args: list[str]) -> int:
-        """Create and return the sandbox pid."""
-        bundle = self.bundle(cid, args)
-        self.ids.append(cid)
-        await self.runsc.create(cid, CreateOptions(bundle=bundle, pid_file=f"{bundle}/init.pid"))
-        return int(Path(bundle, "init.pid").read_text())
-
-    async def cleanup(self) -> None:
-        for cid in self.ids:
-            with contextlib.suppress(RunscError):
-                await self.runsc.delete(cid, DeleteOptions(force=True))
-
-
-@contextlib.contextmanager
-def _subreaper() -> Iterator[None]:
-    # runsc create forks the sandbox and exits: only a subreaper gets its exit.
-    libc = ctypes.CDLL(None, use_errno=True)
-    try:
-        yield
-    finally:
-        libc.prctl(_PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
-
-
-@pytest_asyncio.fixture
-async def reaper() -> AsyncIterator[None]:
-    if not BUSYBOX.exists():
-        pytest.skip("busybox-static is not installed")
-    r = get_reaper()
-    with _subreaper():
-        r.install(asyncio.get_running_loop(), subreaper=True)
-        try:
-            yield
-        finally:
-            r.uninstall()
-
-
 @pytest_asyncio.fixture(params=["RUNSC_2022", "RUNSC_2024"])
-async def sandbox(request: pytest.FixtureRequest, reaper: None,
-                  tmp_path: Path) -> AsyncIterator[Sandbox]:
-    box = Sandbox(tmp_path, _binary(request.param))
-    try:
+async def sandbox(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Sandbox]:
+    async with busybox_sandbox(tmp_path, runsc_binary(request.param)) as box:
         yield box
-    finally:
-        await box.cleanup()
 
 
 @pytest.mark.asyncio
@@ -231,9 +144,8 @@ async def test_errors_come_from_the_log(sandbox: Sandbox) -> None:
 
 
 @pytest.mark.asyncio
-async def test_network_refusal_names_the_config_key(reaper: None, tmp_path: Path) -> None:
-    box = Sandbox(tmp_path, _binary("RUNSC_2024"), network="sandbox")
-    try:
+async def test_network_refusal_names_the_config_key(tmp_path: Path) -> None:
+    async with busybox_sandbox(tmp_path, runsc_binary("RUNSC_2024"), network="sandbox") as box:
         await box.create("net", ["sleep", "100"])
         try:
             await box.runsc.start("net")
@@ -242,5 +154,3 @@ async def test_network_refusal_names_the_config_key(reaper: None, tmp_path: Path
             assert 'set network = "none"' in str(e) and "key `network`" in str(e)
         else:
             pytest.skip("runsc's sandbox network works on this host")
-    finally:
-        await box.cleanup()

@@ -1,14 +1,13 @@
 """plan(): detection, whole-spec rewrites and runsc flags, as tables.
 
-Hosts are HostFacts values built here: a GPU host with driver 550.90.07 and the
-CDI fixtures, and variants of it. Nothing touches the machine's /dev or /proc.
+Hosts are gpu_hosts.HOST (driver 550.90.07, runsc 0.0~20240729, the CDI fixtures)
+and variants of it. Nothing touches the machine's /dev or /proc.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,60 +15,27 @@ import pytest
 from shim.gpu._edits import apply_edits
 from shim.gpu.cdi import parse_qualified_name, resolve
 from shim.gpu.config import GpuConfig
-from shim.gpu.detect import load_cdi_specs
 from shim.gpu.facts import HostFacts, SandboxRole
 from shim.gpu.plan import PIPELINES, plan
+from tests.unit import gpu_hosts
+from tests.unit.gpu_hosts import HOST, SPECS
 
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "cdi"
-SPECS = load_cdi_specs([str(FIXTURES / "etc"), str(FIXTURES / "run")])[0]
-DRIVERS_20240729 = (
-    "535.104.12",
-    "535.129.03",
-    "535.154.05",
-    "535.161.07",
-    "550.54.14",
-    "550.54.15",
-    "550.90.07",
-)
-GPU_HOST = HostFacts(
-    driver_version="550.90.07",
-    device_nodes={
-        "/dev/nvidiactl": (195, 255),
-        "/dev/nvidia0": (195, 0),
-        "/dev/nvidia1": (195, 1),
-        "/dev/nvidia-uvm": (508, 0),
-        "/dev/nvidia-uvm-tools": (508, 1),
-        "/dev/nvidia-modeset": (195, 254),
-    },
-    runsc_path="/usr/bin/runsc",
-    runsc_version="0.0~20240729.0",
-    runsc_release=20240729,
-    # The nvproxy-related and platform flags the Debian 0.0~20240729 build lists.
-    runsc_flags=frozenset({"nvproxy", "nvproxy-docker", "nvproxy-driver-version", "platform"}),
-    runsc_default_platform="systrap",
-    runsc_platforms=frozenset({"systrap", "ptrace", "kvm"}),
-    supported_drivers=DRIVERS_20240729,
-    cdi_specs=SPECS,
-)
 # A fictional first nvproxy release: ptrace default, no driver list.
 RUNSC_2023 = dataclasses.replace(
-    GPU_HOST,
+    HOST,
     runsc_version="0.0~20230529.0",
     runsc_release=20230529,
     runsc_flags=frozenset({"nvproxy", "nvproxy-docker", "platform"}),
     runsc_default_platform="ptrace",
     supported_drivers=None,
 )
+# The fictional 2026 release, on a host with a driver only it supports.
 RUNSC_2026 = dataclasses.replace(
-    GPU_HOST,
-    runsc_version="release-20260817.0",
-    runsc_release=20260817,
-    runsc_flags=GPU_HOST.runsc_flags
-    | {"nvproxy-allowed-driver-capabilities", "nvproxy-allow-unsupported-driver"},
+    gpu_hosts.RUNSC_2026,
     supported_drivers=("570.172.08", "580.65.06"),
     driver_version="570.172.08",
 )
-NO_CDI_HOST = dataclasses.replace(GPU_HOST, cdi_specs=())
+NO_CDI_HOST = dataclasses.replace(HOST, cdi_specs=())
 CONFIG = GpuConfig()
 GRAPHICS_OK = GpuConfig(allowed_capabilities=frozenset({"compute", "utility", "graphics"}))
 LEGACY_HOOK = {
@@ -106,7 +72,7 @@ CTL, UVM, GPU0, GPU1 = (
 
 
 def run(
-    spec: dict[str, Any], host: HostFacts = GPU_HOST, config: GpuConfig = CONFIG, **kw: Any
+    spec: dict[str, Any], host: HostFacts = HOST, config: GpuConfig = CONFIG, **kw: Any
 ) -> Any:
     return plan(spec, host, config, container_id="ctr-1", **kw)
 
@@ -175,7 +141,7 @@ def test_detection(
     expected: tuple[bool, str],
     reason: str,
 ) -> None:
-    host = options.get("host", GPU_HOST)
+    host = options.get("host", HOST)
     config = GpuConfig(**{k: v for k, v in options.items() if k != "host"})
     result = run(spec, host, config)
     assert (result.decision.gpu, result.decision.mode) == expected
@@ -254,7 +220,7 @@ REWRITES = [
     (
         "containerd resolved: keep GPU nodes, drop the rest, one void",
         RESOLVED_BY_CONTAINERD,
-        GPU_HOST,
+        HOST,
         RESOLVED_PLANNED,
     ),
     (
@@ -264,7 +230,7 @@ REWRITES = [
             "annotations": {"cdi.k8s.io/gpu": "nvidia.com/gpu=1"},
             "linux": {},
         },
-        GPU_HOST,
+        HOST,
         {
             "process": {"env": ["PATH=/bin", "NVIDIA_VISIBLE_DEVICES=void"]},
             "annotations": {"cdi.k8s.io/gpu": "nvidia.com/gpu=1"},
@@ -278,7 +244,7 @@ REWRITES = [
     (
         "env index becomes nvidia.com/gpu=0, run/ wins over etc/",
         {"process": {"env": ["PATH=/bin", "NVIDIA_VISIBLE_DEVICES=0"]}, "linux": {}},
-        GPU_HOST,
+        HOST,
         {
             "process": {"env": ["PATH=/bin", "NVIDIA_VISIBLE_DEVICES=void"]},
             "linux": {
@@ -295,7 +261,7 @@ REWRITES = [
             "hooks": {"prestart": [LEGACY_HOOK]},
             "linux": {},
         },
-        GPU_HOST,
+        HOST,
         {
             "process": {"env": ["NVIDIA_VISIBLE_DEVICES=void"]},
             "linux": {
@@ -331,7 +297,7 @@ REWRITES = [
                 "resources": {"devices": [allow(10, 229), allow(10, 0)]},
             }
         },
-        GPU_HOST,
+        HOST,
         {
             "linux": {
                 "devices": [dev("/dev/fuse", 10, 229)],
@@ -351,13 +317,13 @@ REWRITES = [
                 ]
             }
         },
-        GPU_HOST,
+        HOST,
         {"linux": {"devices": [CTL, GPU0, UVM]}},
     ),
     (
         "numbers without host nodes: fixed NVIDIA numbering",
         {"linux": {"devices": [{"path": "/dev/nvidiactl"}, {"path": "/dev/nvidia3", "type": "c"}]}},
-        dataclasses.replace(GPU_HOST, device_nodes={}),
+        dataclasses.replace(HOST, device_nodes={}),
         {"linux": {"devices": [CTL, dev("/dev/nvidia3", 195, 3)]}},
     ),
 ]
@@ -382,7 +348,7 @@ def _containerd_resolves(spec: dict[str, Any], names: list[str]) -> dict[str, An
     resolved = copy.deepcopy(spec)
     res = resolve([parse_qualified_name(n) for n in names], SPECS)
     for _, edits in res.edits:
-        apply_edits(resolved, edits, GPU_HOST.device_nodes)
+        apply_edits(resolved, edits, HOST.device_nodes)
     return resolved
 
 
@@ -426,7 +392,7 @@ def test_old_runsc_hooks_dropped_with_warning_new_runsc_keeps_them() -> None:
 def test_unknown_release_assumes_old_for_hooks() -> None:
     result = run(
         {"annotations": {"cdi.k8s.io/a": "nvidia.com/gpu=1"}},
-        dataclasses.replace(GPU_HOST, runsc_release=None),
+        dataclasses.replace(HOST, runsc_release=None),
     )
     assert "hooks" not in result.spec
     assert any("release is unknown" in w for w in result.warnings)
@@ -434,7 +400,7 @@ def test_unknown_release_assumes_old_for_hooks() -> None:
 
 def test_missing_host_node_is_a_warning_not_a_refusal() -> None:
     result = run(
-        {"linux": {"devices": [CTL, GPU0]}}, dataclasses.replace(GPU_HOST, device_nodes={})
+        {"linux": {"devices": [CTL, GPU0]}}, dataclasses.replace(HOST, device_nodes={})
     )
     assert result.refusals == ()
     assert any("host has no /dev/nvidiactl, /dev/nvidia0" in w for w in result.warnings)
@@ -443,12 +409,12 @@ def test_missing_host_node_is_a_warning_not_a_refusal() -> None:
 # --- runsc flags -------------------------------------------------------------------
 
 FLAGS = [
-    ("no GPU: nothing", {}, GPU_HOST, CONFIG, []),
-    ("GPU on 20240729", {"linux": {"devices": [CTL]}}, GPU_HOST, CONFIG, ["--nvproxy=true"]),
+    ("no GPU: nothing", {}, HOST, CONFIG, []),
+    ("GPU on 20240729", {"linux": {"devices": [CTL]}}, HOST, CONFIG, ["--nvproxy=true"]),
     (
         "forced driver ABI",
         {"linux": {"devices": [CTL]}},
-        GPU_HOST,
+        HOST,
         GpuConfig(driver_version="550.90.07"),
         ["--nvproxy=true", "--nvproxy-driver-version=550.90.07"],
     ),
@@ -476,7 +442,7 @@ FLAGS = [
     (
         "config platform for a non-GPU container",
         {},
-        GPU_HOST,
+        HOST,
         GpuConfig(platform="ptrace"),
         ["--platform=ptrace"],
     ),
@@ -511,7 +477,7 @@ FLAGS = [
     (
         "narrower, on a runsc without the flag",
         {"process": {"env": ["NVIDIA_DRIVER_CAPABILITIES=compute"]}, **devs(CTL)},
-        GPU_HOST,
+        HOST,
         CONFIG,
         ["--nvproxy=true"],
     ),
@@ -545,7 +511,7 @@ def test_warnings_that_are_not_refusals() -> None:
     no_list = run({"linux": {"devices": [CTL]}}, RUNSC_2023)
     assert any("cannot list supported drivers" in w for w in no_list.warnings)
     padded = run(
-        {"linux": {"devices": [CTL]}}, dataclasses.replace(GPU_HOST, driver_version="550.90.7")
+        {"linux": {"devices": [CTL]}}, dataclasses.replace(HOST, driver_version="550.90.7")
     )
     assert padded.refusals == ()
 
@@ -567,6 +533,6 @@ def test_pod_sandbox_allows_what_the_config_allows() -> None:
     pod = ann("dev.gvisorgpu.nvproxy", "true")
     sandbox = run(pod, RUNSC_2026, GRAPHICS_OK, sandbox=SandboxRole.pod_sandbox())
     assert sandbox.runsc_flags["nvproxy-allowed-driver-capabilities"] == "compute,graphics,utility"
-    old = run(pod, GPU_HOST, GRAPHICS_OK, sandbox=SandboxRole.pod_sandbox())
+    old = run(pod, HOST, GRAPHICS_OK, sandbox=SandboxRole.pod_sandbox())
     assert old.ok and "nvproxy-allowed-driver-capabilities" not in old.runsc_flags
     assert any("cannot allow graphics" in w for w in old.warnings)

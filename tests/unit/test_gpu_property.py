@@ -8,35 +8,17 @@
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shim.gpu.config import GpuConfig
-from shim.gpu.detect import load_cdi_specs
 from shim.gpu.devices import is_gpu_node
-from shim.gpu.facts import HostFacts, SandboxRole
+from shim.gpu.facts import SandboxRole
 from shim.gpu.plan import plan
+from tests.unit.gpu_hosts import HOST
 
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "cdi"
-HOST = HostFacts(
-    driver_version="550.90.07",
-    device_nodes={
-        "/dev/nvidiactl": (195, 255),
-        "/dev/nvidia0": (195, 0),
-        "/dev/nvidia1": (195, 1),
-        "/dev/nvidia-uvm": (508, 0),
-    },
-    runsc_path="/usr/bin/runsc",
-    runsc_version="0.0~20240729.0",
-    runsc_release=20240729,
-    runsc_flags=frozenset({"nvproxy", "nvproxy-docker", "nvproxy-driver-version", "platform"}),
-    runsc_default_platform="systrap",
-    supported_drivers=("550.90.07",),
-    cdi_specs=load_cdi_specs([str(FIXTURES / "etc"), str(FIXTURES / "run")])[0],
-)
 SETTINGS = settings(max_examples=300, deadline=None)
 
 # --- building blocks -------------------------------------------------------------

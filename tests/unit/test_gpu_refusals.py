@@ -4,33 +4,21 @@ container, the cause and the fix; each row checks fragments of all three."""
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from shim.gpu.config import GpuConfig
-from shim.gpu.detect import load_cdi_specs
 from shim.gpu.facts import HostFacts, SandboxRole
 from shim.gpu.plan import Plan, plan
+from tests.unit import gpu_hosts
+from tests.unit.gpu_hosts import RUNSC_2026
 
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "cdi"
-SPECS = load_cdi_specs([str(FIXTURES / "etc"), str(FIXTURES / "run")])[0]
-HOST = HostFacts(
-    driver_version="550.90.07",
-    device_nodes={
-        "/dev/nvidiactl": (195, 255),
-        "/dev/nvidia0": (195, 0),
-        "/dev/nvidia-uvm": (508, 0),
-    },
+# A runsc beside the distro's one, with a short driver list: refusals quote both.
+HOST = dataclasses.replace(
+    gpu_hosts.HOST,
     runsc_path="/opt/runsc-2024/runsc",
-    runsc_version="0.0~20240729.0",
-    runsc_release=20240729,
-    runsc_flags=frozenset({"nvproxy", "nvproxy-docker", "nvproxy-driver-version", "platform"}),
-    runsc_default_platform="systrap",
-    runsc_platforms=frozenset({"systrap", "ptrace", "kvm"}),
     supported_drivers=("535.104.12", "550.54.15", "550.90.07"),
-    cdi_specs=SPECS,
 )
 # The Debian bookworm build: no nvproxy at all.
 RUNSC_2022 = dataclasses.replace(
@@ -45,13 +33,6 @@ RUNSC_2022 = dataclasses.replace(
 )
 # What the e2e machine looks like: no driver, no nodes, CDI specs in a test dir.
 NO_GPU = dataclasses.replace(HOST, driver_version=None, device_nodes={})
-RUNSC_2026 = dataclasses.replace(
-    HOST,
-    runsc_release=20260817,
-    runsc_version="release-20260817.0",
-    runsc_flags=HOST.runsc_flags
-    | {"nvproxy-allowed-driver-capabilities", "nvproxy-allow-unsupported-driver"},
-)
 CTL = {"path": "/dev/nvidiactl", "type": "c", "major": 195, "minor": 255}
 GPU = {"linux": {"devices": [CTL]}}
 

@@ -4,36 +4,24 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 import shim.config
 from shim.gpu.config import GpuConfig
-from shim.gpu.detect import load_cdi_specs
 from shim.gpu.doctor import Row, check_host
 from shim.gpu.facts import HostFacts
 from shim.gpu.keys import CONFIG_KEYS
 from shim.gpu.plan import plan
 from shim.gpu.report import render_json, render_text, spec_diff
+from tests.unit import gpu_hosts
+from tests.unit.gpu_hosts import NODES
 
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "cdi"
-HOST = HostFacts(
-    driver_version="550.90.07",
-    device_nodes={
-        "/dev/nvidiactl": (195, 255),
-        "/dev/nvidia0": (195, 0),
-        "/dev/nvidia-uvm": (508, 0),
-    },
-    runsc_path="/usr/bin/runsc",
-    runsc_version="0.0~20240729.0",
-    runsc_release=20240729,
-    runsc_flags=frozenset({"nvproxy", "nvproxy-driver-version", "platform"}),
-    runsc_default_platform="systrap",
-    runsc_platforms=frozenset({"systrap", "ptrace", "kvm"}),
-    supported_drivers=("550.90.07",),
-    cdi_specs=load_cdi_specs([str(FIXTURES / "etc"), str(FIXTURES / "run")])[0],
+# One GPU, so the doctor's node row names a single device.
+HOST = dataclasses.replace(
+    gpu_hosts.HOST,
+    device_nodes={p: NODES[p] for p in ("/dev/nvidiactl", "/dev/nvidia0", "/dev/nvidia-uvm")},
 )
 SPEC: dict[str, Any] = {
     "process": {"env": ["PATH=/bin", "NVIDIA_VISIBLE_DEVICES=all"]},
