@@ -582,7 +582,10 @@ def cleanup(daemon: cd.Containerd, keep_logs: Path | None, report: Report) -> No
             shutil.copy(daemon.log_path, keep_logs / "containerd.log")
     leftovers.kill_processes(daemon.workdir)
     leftovers.remove_tree(daemon.workdir)
-    report.leftovers = found + [f"removed at the end: {r}" for r in removed]
+    # After an interrupt, the containers of the step that was cut short are
+    # removed here by design; otherwise each step removes its own.
+    expected = removed if report.interrupted else []
+    report.leftovers = found + [f"removed at the end: {r}" for r in removed if r not in expected]
     gone = "" if not daemon.workdir.exists() else f"; {daemon.workdir} could not be removed"
     if report.leftovers or gone:
         report.add(Step("cleanup", "failed", "left behind (now removed): "
