@@ -221,8 +221,7 @@ class Container:
     def add_exec(self, exec_id: str, process_spec: Mapping[str, Any], stdio: StdioPaths) -> None:
         if exec_id in self.execs:
             raise AlreadyExists(f"exec {exec_id} already exists in container {self.id}")
-        next_state = self.init.check(Op.EXEC)
-        del next_state  # Exec is legal; the init's own state does not change
+        self.init.check(Op.EXEC)  # refuses a paused or stopped container
         self.execs[exec_id] = Process(self.id, exec_id, stdio)
         self._exec_specs[exec_id] = dict(process_spec)
 
