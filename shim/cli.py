@@ -151,14 +151,14 @@ def _start(flags: ShimFlags) -> int:
         "env": {k: v for k, v in os.environ.items() if k in _DAEMON_ENV},
     }
     log_fd = _open_log(bundle)
-    from shim import forkserver
+    from shim import forkclient
 
-    server = forkserver.forkserver_path(SOCKET_DIR, flags.address)
-    if not forkserver.request_daemon(server, params, sock.fileno(), log_fd):
+    server = forkclient.forkserver_path(SOCKET_DIR, flags.address)
+    if not forkclient.request_daemon(server, params, sock.fileno(), log_fd):
         if os.fork() == 0:
             run_daemon(params, sock, log_fd)  # never returns
         # The next start finds a warm forkserver instead of paying the imports.
-        forkserver.spawn_forkserver(server, os.getppid())
+        forkclient.spawn_forkserver(server, os.getppid())
     sock.close()
     if log_fd >= 0:
         os.close(log_fd)

@@ -21,87 +21,27 @@ listening socket, the log FIFO or -1), answered ``ok`` or ``error: …``.
 
 from __future__ import annotations
 
-import array
 import contextlib
-import hashlib
 import os
 import signal
 import socket
 import sys
+from typing import Any
 
-TYPE_CHECKING = False  # True for type checkers; `typing` costs ~5 ms at runtime
-if TYPE_CHECKING:
-    from typing import Any
-
-# Only light modules at the top: `start` imports this module on containerd's
-# critical path. The server side imports what it needs inside its functions.
-
-__all__ = ["forkserver_path", "request_daemon", "spawn_forkserver"]
+__all__ = ["IDLE_EXIT", "serve"]
 
 IDLE_EXIT = 600.0
-_REQUEST_TIMEOUT = 2.0
 _MAX_MESSAGE = 64 * 1024
 
 
-def _code_stamp() -> str:
-    h = hashlib.sha256(sys.executable.encode())
-    stack = [os.path.dirname(os.path.abspath(__file__))]
-    while stack:
-        with os.scandir(stack.pop()) as entries:
-            for entry in sorted(entries, key=lambda e: e.name):
-                if entry.is_dir() and entry.name != "__pycache__":
-                    stack.append(entry.path)
-                elif entry.name.endswith(".py"):
-                    h.update(f"{entry.path}:{entry.stat().st_mtime_ns}".encode())
-    return h.hexdigest()[:16]
-
-
-def forkserver_path(socket_dir: str, address: str) -> str:
-    key = hashlib.sha256(f"{address}|{_code_stamp()}".encode()).hexdigest()[:32]
-    return os.path.join(socket_dir, f"gvisorgpu-fs-{key}")
-
-
-def request_daemon(path: str, params: dict[str, Any], listen_fd: int, log_fd: int) -> bool:
-    """Ask a running forkserver for a daemon; False if there is none (or it failed)."""
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(_REQUEST_TIMEOUT)
-            s.connect(path)
-            fds = [listen_fd] + ([log_fd] if log_fd >= 0 else [])
-            # repr() of plain str/bool/dict values: no json import on this path;
-            # the server reads it back with ast.literal_eval.
-            s.sendmsg([repr(params).encode()],
-                      [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
-            s.shutdown(socket.SHUT_WR)
-            return s.recv(256) == b"ok"
-    except OSError:
-        return False
-
-
-def spawn_forkserver(path: str, containerd_pid: int) -> None:
-    """Start one in the background (detached, nothing inherited); never waits."""
-    import subprocess
-
-    with contextlib.suppress(OSError):
-        subprocess.Popen(
-            [sys.executable, "-m", "shim.forkserver", path, str(containerd_pid)],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            start_new_session=True, close_fds=True, cwd="/",
-        )
-
-
 def _recv_request(conn: socket.socket) -> tuple[dict[str, Any], list[int]]:
-    fds = array.array("i")
-    msg, ancdata, _, _ = conn.recvmsg(_MAX_MESSAGE, socket.CMSG_SPACE(2 * fds.itemsize))
-    for level, kind, data in ancdata:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            fds.frombytes(data[: len(data) - (len(data) % fds.itemsize)])
     import ast
 
+    msg, fds, _, _ = socket.recv_fds(conn, _MAX_MESSAGE, 2)
     params = ast.literal_eval(msg.decode())
     if not isinstance(params, dict):
         raise ValueError("request is not a mapping")
-    return params, list(fds)
+    return params, fds
 
 
 def _same_user(conn: socket.socket) -> bool:
