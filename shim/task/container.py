@@ -116,16 +116,14 @@ class Container:
         _write_state(self.bundle, self.params.runsc)
         pid_file = os.path.join(self.bundle, _PID_FILE)
         opts = CreateOptions(bundle=self.bundle, pid_file=pid_file)
-        if self.subcontainer:
-            if self.params.stdio.terminal:
-                raise FailedPrecondition(
-                    f"container {self.id}: a terminal for a pod's app container is not "
-                    "supported yet")
+        if self.params.stdio.terminal:
+            # runsc sends the pty master during `create`, for a pod's app
+            # container as for a sandbox's root container.
+            await self._create_with_console(opts)
+        elif self.subcontainer:
             # runsc gives a subcontainer its stdio at `start`, not here.
             self.init.io = ProcessIO.open(self.params.stdio)
             await self.runsc.create(self.id, opts)
-        elif self.params.stdio.terminal:
-            await self._create_with_console(opts)
         else:
             io = ProcessIO.open(self.params.stdio)
             self.init.io = io
@@ -182,9 +180,11 @@ class Container:
             await self.runsc.start(self.id)
             return
         io = proc.io
-        assert isinstance(io, ProcessIO)
-        await self.runsc.start(self.id, RunscStdio(*io.child))
-        io.child_spawned()
+        if isinstance(io, ProcessIO):
+            await self.runsc.start(self.id, RunscStdio(*io.child))
+            io.child_spawned()
+        else:  # a terminal: the console already carries its IO
+            await self.runsc.start(self.id)
         self._spawn(self._watch_exit(proc, asyncio.ensure_future(self._wait_subcontainer())))
 
     async def _wait_subcontainer(self) -> int:

@@ -227,6 +227,30 @@ def remove_pod(env: cri.CriEnv, pod: cri.Pod) -> None:
     env.cri.remove_pod(pod.id)
 
 
+def test_app_container_with_a_terminal(env: cri.CriEnv) -> None:
+    """`kubectl run -it` asks CRI for a tty: runsc hands the shim the pty at
+    create, and what the container writes reaches the CRI log through it."""
+    c = env.cri
+    try:
+        pod = run_pod(env, "tty")
+        cid = c.create_container(pod, "shell", images.BUSYBOX_REF, ["sh", "-c"],
+                                 ["echo hello-tty; [ -t 1 ] && echo is-a-tty; sleep 600"],
+                                 tty=True, stdin=True)
+        c.start(cid)
+        assert c.status(cid).state == ContainerState.CONTAINER_RUNNING
+        log = Path(pod.config.log_directory) / "shell/0.log"
+        deadline = time.monotonic() + 20
+        while b"is-a-tty" not in (log.read_bytes() if log.exists() else b""):
+            assert time.monotonic() < deadline, log.read_bytes() if log.exists() else "no log"
+            time.sleep(0.2)
+        assert b"hello-tty" in log.read_bytes()
+        assert c.exec_sync(cid, ["echo", "still here"]).stdout == b"still here\n"
+        remove_pod(env, pod)
+        assert env.leftovers() == []
+    finally:
+        env.reset()
+
+
 # ---- 1. one shim and one sandbox per pod ----
 
 def test_two_app_containers_share_one_shim_and_one_sandbox(env: cri.CriEnv) -> None:
