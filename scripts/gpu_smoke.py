@@ -555,7 +555,7 @@ def forkservers(daemon_pid: int | None) -> list[psutil.Process]:
     found = []
     for proc in psutil.process_iter(["cmdline"]):
         cmdline = proc.info["cmdline"] or []
-        if daemon_pid and "shim.forkserver" in cmdline and cmdline[-1] == str(daemon_pid):
+        if daemon_pid and "shim.manager.forkserver" in cmdline and cmdline[-1] == str(daemon_pid):
             found.append(proc)
     return found
 

@@ -1,44 +1,49 @@
-"""Domain errors. Each is an RpcError with a fixed status code, so the task
-service raises what happened and only the ttrpc dispatch speaks wire codes.
+"""Domain errors: what the shim refuses, and why, in words for people.
 
-The codes are the ones containerd branches on (shim-protocol.md §1.4): NotFound
-for a gone task or an exited process, FailedPrecondition for an operation in the
-wrong state, AlreadyExists for a duplicate exec id."""
+Each kind is one small class. Raising code says *what* happened; it does not
+know the wire. The task service maps these kinds to ttrpc status codes in one
+table (``shim.task.errors``), which is what containerd branches on
+(shim-protocol.md §1.4): NotFound for a gone task or an exited process,
+FailedPrecondition for an operation in the wrong state, AlreadyExists for a
+duplicate id, InvalidArgument for bad input, Unimplemented for what runsc
+cannot do. No imports: every layer may use these.
+"""
 
 from __future__ import annotations
-
-from shim.ttrpc.status import Code, RpcError
 
 __all__ = [
     "AlreadyExists",
     "FailedPrecondition",
     "InvalidArgument",
     "NotFound",
-    "RpcError",
+    "ShimError",
     "Unimplemented",
-    "Unknown",
 ]
 
 
-class NotFound(RpcError):
-    code = Code.NOT_FOUND
+class ShimError(Exception):
+    """A refusal or failure the shim reports to its caller; ``str()`` is the text."""
+
+    @property
+    def message(self) -> str:
+        return str(self)
 
 
-class AlreadyExists(RpcError):
-    code = Code.ALREADY_EXISTS
+class NotFound(ShimError):
+    """The container, exec or process does not exist (any more)."""
 
 
-class FailedPrecondition(RpcError):
-    code = Code.FAILED_PRECONDITION
+class AlreadyExists(ShimError):
+    """An id that is already taken."""
 
 
-class InvalidArgument(RpcError):
-    code = Code.INVALID_ARGUMENT
+class FailedPrecondition(ShimError):
+    """The operation is not possible in the current state, or on this host."""
 
 
-class Unimplemented(RpcError):
-    code = Code.UNIMPLEMENTED
+class InvalidArgument(ShimError):
+    """Malformed or hostile input: names the field and the fix."""
 
 
-class Unknown(RpcError):
-    code = Code.UNKNOWN
+class Unimplemented(ShimError):
+    """Something this shim (or runsc) does not do."""

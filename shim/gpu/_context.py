@@ -39,6 +39,8 @@ class Context:
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     refusals: list[str] = field(default_factory=list)
+    # The same refusals as (cause, fix), for callers that show them apart.
+    problems: list[tuple[str, str]] = field(default_factory=list)
 
     def note(self, step: str, text: str) -> None:
         """Why a step did what it did, or nothing (nvidia's "nil modifier" log)."""
@@ -53,6 +55,7 @@ class Context:
         text = f"container {self.container_id}: {cause}. Fix: {fix}."
         if text not in self.refusals:
             self.refusals.append(text)
+            self.problems.append((cause, fix))
 
     def has_flag(self, name: str) -> bool:
         return name in self.host.runsc_flags

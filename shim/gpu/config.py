@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 __all__ = ["GpuConfig", "NvproxyPolicy"]
@@ -37,4 +37,3 @@ class GpuConfig:
     # Start on a driver runsc does not list as supported, with runsc's
     # --nvproxy-allow-unsupported-driver (release-20260615.0+); at your own risk.
     allow_unsupported_driver: bool = False
-    extra: dict[str, str] = field(default_factory=dict)

@@ -14,14 +14,40 @@ import os
 import stat
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import yaml
 
 from shim.gpu.cdi import CdiError, CdiSpec, parse_spec
 from shim.gpu.facts import HostFacts, parse_driver_version
 
-__all__ = ["gather_host_facts", "load_cdi_specs", "read_driver_version", "scan_device_nodes"]
+__all__ = [
+    "RunscFacts",
+    "gather_host_facts",
+    "load_cdi_specs",
+    "read_driver_version",
+    "scan_device_nodes",
+]
+
+
+class RunscFacts(Protocol):
+    """What the runsc probe found (``shim.runsc.RunscCapabilities`` is one);
+    structural, so this package never imports the runsc wrapper."""
+
+    @property
+    def path(self) -> str: ...
+    @property
+    def version(self) -> str: ...
+    @property
+    def release(self) -> int | None: ...
+    @property
+    def flags(self) -> frozenset[str]: ...
+    @property
+    def default_platform(self) -> str | None: ...
+    @property
+    def supported_drivers(self) -> tuple[str, ...] | None: ...
+    @property
+    def platforms(self) -> frozenset[str] | None: ...
 
 _SPEC_SUFFIXES = (".json", ".yaml", ".yml")
 
@@ -90,30 +116,24 @@ def _one_line(exc: BaseException) -> str:
 
 
 def gather_host_facts(
-    *,
-    runsc_path: str,
-    runsc_version: str,
-    runsc_release: int | None,
-    runsc_flags: frozenset[str],
-    runsc_default_platform: str | None,
-    supported_drivers: tuple[str, ...] | None,
+    runsc: RunscFacts,
     cdi_dirs: Iterable[str],
+    *,
     dev_root: str = "/dev",
     proc_root: str = "/proc",
-    runsc_platforms: frozenset[str] | None = None,
 ) -> HostFacts:
     """Read the host once; the planner works from the returned value."""
     specs, errors = load_cdi_specs(cdi_dirs)
     return HostFacts(
         driver_version=read_driver_version(proc_root),
         device_nodes=scan_device_nodes(dev_root),
-        runsc_path=runsc_path,
-        runsc_version=runsc_version,
-        runsc_release=runsc_release,
-        runsc_flags=frozenset(runsc_flags),
-        runsc_default_platform=runsc_default_platform,
-        runsc_platforms=runsc_platforms,
-        supported_drivers=supported_drivers,
+        runsc_path=runsc.path,
+        runsc_version=runsc.version,
+        runsc_release=runsc.release,
+        runsc_flags=frozenset(runsc.flags),
+        runsc_default_platform=runsc.default_platform,
+        runsc_platforms=runsc.platforms,
+        supported_drivers=runsc.supported_drivers,
         cdi_specs=specs,
         cdi_errors=errors,
     )

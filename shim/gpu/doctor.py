@@ -3,6 +3,11 @@
 Each check returns rows (check, ok, detail, fix). The command gathers the facts,
 adds the checks only it can make (containerd's config, a bounded trial run of
 the platform) and prints one table; any failing row makes it exit non-zero.
+
+Whether a GPU container would be accepted (driver supported, platform usable
+with nvproxy, flags present) is not re-derived here: :func:`gpu_container`
+plans one through :func:`shim.gpu.plan.plan`, so doctor and Create cannot
+disagree.
 """
 
 from __future__ import annotations
@@ -14,14 +19,13 @@ from shim.gpu.cdi import known_names
 from shim.gpu.config import GpuConfig
 from shim.gpu.devices import CTL, NVIDIA_MAJOR, UVM
 from shim.gpu.facts import (
-    KVM_WITH_NVPROXY,
     LIST_SUPPORTED_DRIVERS,
     NVPROXY_FLAG,
     HostFacts,
-    driver_triple,
+    SandboxRole,
     release_name,
 )
-from shim.gpu.keys import key
+from shim.gpu.plan import plan
 
 __all__ = ["CHECKS", "Row", "check_host"]
 
@@ -63,30 +67,6 @@ def runsc_nvproxy(host: HostFacts, config: GpuConfig) -> list[Row]:
     ]
 
 
-def runsc_platform(host: HostFacts, config: GpuConfig) -> list[Row]:
-    platform = config.platform or host.runsc_default_platform or "unknown"
-    known = host.runsc_platforms
-    if known is not None and platform not in known:
-        return [
-            Row(
-                "platform",
-                False,
-                f"{platform} is not one of {', '.join(sorted(known))}",
-                f"set {key('platform')} in the shim config to one of those",
-            )
-        ]
-    if platform == "kvm" and host.release_before(KVM_WITH_NVPROXY):
-        return [
-            Row(
-                "platform",
-                False,
-                f"kvm with nvproxy needs runsc {release_name(KVM_WITH_NVPROXY)}+",
-                f'set {key("platform")} = "systrap"',
-            )
-        ]
-    return [Row("platform", True, f"{platform} (default {host.runsc_default_platform})")]
-
-
 def supported_list(host: HostFacts, config: GpuConfig) -> list[Row]:
     if host.supported_drivers is None:
         return [
@@ -100,41 +80,21 @@ def supported_list(host: HostFacts, config: GpuConfig) -> list[Row]:
     return [Row("runsc supported drivers", True, ", ".join(host.supported_drivers) or "none")]
 
 
-def driver(host: HostFacts, config: GpuConfig) -> list[Row]:
-    if config.driver_version:
-        return [
-            Row(
-                "NVIDIA driver",
-                True,
-                f"ABI {config.driver_version} forced by {key('driver_version')}",
-            )
-        ]
-    if host.driver_version is None:
-        return [
-            Row(
-                "NVIDIA driver",
-                False,
-                "/proc/driver/nvidia/version is missing",
-                "install and load the NVIDIA driver",
-            )
-        ]
-    supported = {driver_triple(s) for s in host.supported_drivers or ()}
-    if host.supported_drivers is None or driver_triple(host.driver_version) in supported:
-        return [Row("NVIDIA driver", True, host.driver_version)]
-    allowed = config.allow_unsupported_driver and (
-        "nvproxy-allow-unsupported-driver" in host.runsc_flags
-    )
-    return [
-        Row(
-            "NVIDIA driver",
-            allowed,
-            f"{host.driver_version} is not supported by this runsc",
-            ""
-            if allowed
-            else f"install a driver runsc lists, or set {key('driver_version')} "
-            "to an ABI-identical supported version",
-        )
-    ]
+# What Create sees for a container that asks for every GPU by device node.
+_GPU_SPEC = {"linux": {"devices": [{"path": "/dev/nvidiactl", "type": "c",
+                                    "major": NVIDIA_MAJOR, "minor": 255}]}}
+
+
+def gpu_container(host: HostFacts, config: GpuConfig) -> list[Row]:
+    """Would Create accept a GPU container on this host, with this config?"""
+    result = plan(_GPU_SPEC, host, config, container_id="doctor",
+                  sandbox=SandboxRole.standalone())
+    if result.problems:
+        return [Row("GPU container", False, cause, fix) for cause, fix in result.problems]
+    driver = (config.driver_version and f"ABI {config.driver_version} (forced)") \
+        or host.driver_version or "unknown"
+    flags = " ".join(f"--{k}={v}" for k, v in result.runsc_flags.items())
+    return [Row("GPU container", True, f"driver {driver}; runsc {flags}")]
 
 
 def _node(path: str, host: HostFacts) -> Row:
@@ -175,9 +135,8 @@ def cdi_specs(host: HostFacts, config: GpuConfig) -> list[Row]:
 CHECKS: tuple[Check, ...] = (
     runsc_found,
     runsc_nvproxy,
-    runsc_platform,
     supported_list,
-    driver,
+    gpu_container,
     device_nodes,
     cdi_specs,
 )

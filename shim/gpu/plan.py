@@ -39,7 +39,7 @@ from shim.gpu._rewrite import (
 )
 from shim.gpu.config import GpuConfig
 from shim.gpu.facts import HostFacts, SandboxRole
-from shim.gpu.request import POD_ANNOTATION, infer_role
+from shim.gpu.request import POD_ANNOTATION
 
 __all__ = ["PIPELINES", "POD_ANNOTATION", "Decision", "Mode", "Plan", "plan"]
 
@@ -110,6 +110,8 @@ class Plan:
     notes: tuple[str, ...]
     warnings: tuple[str, ...]
     refusals: tuple[str, ...]
+    # Each refusal as (cause, fix), in the same order.
+    problems: tuple[tuple[str, str], ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -119,9 +121,6 @@ class Plan:
     def nvproxy(self) -> bool:
         return self.runsc_flags.get("nvproxy") == "true"
 
-    def runsc_args(self) -> list[str]:
-        """The flags as runsc global arguments: ["--nvproxy=true", ...]."""
-        return [f"--{name}={value}" for name, value in self.runsc_flags.items()]
 
 
 def _ordered(flags: dict[str, str]) -> Mapping[str, str]:
@@ -139,6 +138,7 @@ def _freeze(ctx: Context) -> Plan:
         notes=tuple(ctx.notes),
         warnings=tuple(ctx.warnings),
         refusals=tuple(ctx.refusals),
+        problems=tuple(ctx.problems),
     )
 
 
@@ -148,14 +148,13 @@ def plan(
     config: GpuConfig,
     *,
     container_id: str,
-    sandbox: SandboxRole | None = None,
+    sandbox: SandboxRole,
 ) -> Plan:
-    """Plan one container. ``sandbox`` says where it sits in a pod; None reads
-    the CRI annotations (io.kubernetes.cri.container-type) instead, with an
-    app container's sandbox nvproxy state unknown. ``spec`` is not changed."""
+    """Plan one container. ``sandbox`` says where it sits in a pod (the caller
+    reads that from the CRI annotations and what it knows of the pod's
+    sandbox, ``shim.kube.pod``). ``spec`` is not changed."""
     work: dict[str, Any] = copy.deepcopy(dict(spec))
-    role = sandbox if sandbox is not None else infer_role(work)
-    ctx = Context(spec=work, host=host, config=config, container_id=container_id, role=role)
+    ctx = Context(spec=work, host=host, config=config, container_id=container_id, role=sandbox)
     for step in _HEAD:
         step(ctx)
     for step in PIPELINES[ctx.mode]:

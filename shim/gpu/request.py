@@ -16,7 +16,6 @@ from shim.gpu import _oci as oci
 from shim.gpu.cdi import ANNOTATION_PREFIX, CdiError, QualifiedName, parse_qualified_name
 from shim.gpu.config import GpuConfig
 from shim.gpu.devices import entry_numbers, is_gpu_node
-from shim.gpu.facts import SandboxRole
 
 __all__ = [
     "CAPS_ENV",
@@ -31,7 +30,6 @@ __all__ = [
     "GpuRequest",
     "Problem",
     "VisibleDevices",
-    "infer_role",
     "is_mig_id",
     "parse_visible_devices",
     "read_request",
@@ -267,21 +265,3 @@ def read_request(
         mig_env=tuple(n for n in MIG_ENVS if any(v.strip() for v in oci.env_values(spec, n))),
         errors=tuple(errors + env_errors),
     )
-
-
-# containerd's CRI plugin and CRI-O mark pod containers with these.
-_CONTAINER_TYPE = ("io.kubernetes.cri.container-type", "io.kubernetes.cri-o.ContainerType")
-_SANDBOX_ID = ("io.kubernetes.cri.sandbox-id", "io.kubernetes.cri-o.SandboxID")
-
-
-def infer_role(spec: dict[str, Any]) -> SandboxRole:
-    """The role the CRI annotations give; whether a member's sandbox booted
-    with nvproxy cannot be read from the spec, so it stays unknown."""
-    notes = oci.annotations_of(spec)
-    kind = next((notes[k] for k in _CONTAINER_TYPE if k in notes), None)
-    if kind == "sandbox":
-        return SandboxRole.pod_sandbox()
-    if kind == "container":
-        sandbox_id = next((notes[k] for k in _SANDBOX_ID if k in notes), None)
-        return SandboxRole.member(sandbox_id, sandbox_nvproxy=None)
-    return SandboxRole.standalone()

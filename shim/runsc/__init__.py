@@ -6,12 +6,14 @@ Three layers, one private module each, re-exported here:
   class per subcommand, each with a pure ``args()``; flag spellings are module
   constants. Global flags go *before* the subcommand (runsc parses them there).
 * ``_runner`` / ``_errors``: :class:`Runsc`, one ``async`` method per
-  subcommand. Every child goes through :mod:`shim.reaper` (the daemon owns
-  ``waitpid``). Failures raise :class:`RunscError`, whose message is runsc's
-  own last error read back from its JSON log rather than "exit status 128".
+  subcommand. Every child goes through the :class:`CommandRunner` it is given
+  (the daemon's reaper, which owns ``waitpid``). Failures raise
+  :class:`RunscError`, whose message is runsc's own last error read back from
+  its JSON log rather than "exit status 128".
 * ``_probe``: :func:`probe`, what a given binary supports (``runsc flags``,
   ``--version``, ``help``, ``nvproxy list-supported-drivers``), cached per
-  binary file, and :func:`check_flags` to refuse what it does not know.
+  binary file by a :class:`ProbeCache`, and :func:`check_flags` to refuse what
+  it does not know.
 
 Facts checked against Debian's 0.0~20221219 and 0.0~20240729 builds:
 
@@ -39,7 +41,6 @@ from shim.runsc._options import (
     ExecOptions,
     GlobalOptions,
     KillOptions,
-    ListOptions,
     Network,
     PauseOptions,
     PsOptions,
@@ -51,25 +52,35 @@ from shim.runsc._options import (
     argv,
 )
 from shim.runsc._probe import (
+    DEFAULT_PROBE_CACHE,
+    ProbeCache,
     RunscCapabilities,
     RunscNotFound,
     UnsupportedFlag,
     check_flags,
-    filter_flags,
     parse_flags,
     parse_subcommands,
     parse_version,
     probe,
-    probe_sync,
     resolve_binary,
 )
-from shim.runsc._runner import ContainerState, ExecStarted, Runsc, Stdio
+from shim.runsc._runner import (
+    CommandResult,
+    CommandRunner,
+    ContainerState,
+    ExecStarted,
+    Runsc,
+    Stdio,
+)
 
 __all__ = [
+    "DEFAULT_PROBE_CACHE",
     "FLAG_PANIC_LOG",
     "FLAG_SINCE",
     "NETWORKS",
     "CheckpointOptions",
+    "CommandResult",
+    "CommandRunner",
     "ContainerState",
     "CreateOptions",
     "DeleteOptions",
@@ -78,9 +89,9 @@ __all__ = [
     "ExecStarted",
     "GlobalOptions",
     "KillOptions",
-    "ListOptions",
     "Network",
     "PauseOptions",
+    "ProbeCache",
     "PsOptions",
     "ResumeOptions",
     "Runsc",
@@ -95,12 +106,10 @@ __all__ = [
     "WaitOptions",
     "argv",
     "check_flags",
-    "filter_flags",
     "last_error_message",
     "parse_flags",
     "parse_subcommands",
     "parse_version",
     "probe",
-    "probe_sync",
     "resolve_binary",
 ]

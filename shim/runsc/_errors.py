@@ -8,8 +8,7 @@ import re
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from shim.errors import Unknown
-from shim.ttrpc.status import Code
+from shim.errors import ShimError
 
 __all__ = ["RunscError", "last_error_message", "log_mark", "sandbox_panic"]
 
@@ -38,8 +37,11 @@ _HINTS: tuple[tuple[str, str], ...] = (
 )
 
 
-class RunscError(Unknown):
-    """A runsc command failed; ``str()`` says why in runsc's own words."""
+class RunscError(ShimError):
+    """A runsc command failed; ``str()`` says why in runsc's own words.
+
+    Callers that can tell what a failure means turn it into a domain error
+    (``not_found`` into NotFound); the rest reach containerd as Unknown."""
 
     def __init__(
         self,
@@ -53,8 +55,6 @@ class RunscError(Unknown):
         self.stderr = stderr.decode(errors="replace") if isinstance(stderr, bytes) else stderr
         self.log_message = log_message
         super().__init__(self._describe())
-        if self.not_found:
-            self.code = Code.NOT_FOUND
 
     @property
     def subcommand(self) -> str:
@@ -72,8 +72,10 @@ class RunscError(Unknown):
 
     @property
     def not_found(self) -> bool:
-        """The container is unknown to runsc (already deleted, or never created)."""
-        return "does not exist" in self.reason
+        """The container is unknown to runsc (already deleted, or never created),
+        or the process to signal has already exited: runsc answers a kill of a
+        container whose init is gone with "PID 0: no such process" (ESRCH)."""
+        return "does not exist" in self.reason or "no such process" in self.reason
 
     @property
     def exit_status_unavailable(self) -> bool:

@@ -23,7 +23,6 @@ __all__ = [
     "ExecOptions",
     "GlobalOptions",
     "KillOptions",
-    "ListOptions",
     "Network",
     "PauseOptions",
     "PsOptions",
@@ -242,14 +241,6 @@ class PsOptions(Subcommand):
 
     def args(self, container_id: str) -> list[str]:
         return [_flag(FLAG_FORMAT, self.format), container_id]
-
-
-@dataclass(frozen=True)
-class ListOptions(Subcommand):
-    command: ClassVar[str] = "list"
-
-    def args(self, container_id: str = "") -> list[str]:
-        return [_flag(FLAG_FORMAT, "json")]
 
 
 @dataclass(frozen=True)

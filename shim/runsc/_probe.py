@@ -9,25 +9,25 @@ import json
 import os
 import re
 import shutil
-import subprocess
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
-from shim import reaper
 from shim.errors import FailedPrecondition
 from shim.runsc._options import FLAG_PLATFORM, FLAG_SINCE
+from shim.runsc._runner import CommandRunner
 
 __all__ = [
+    "DEFAULT_PROBE_CACHE",
+    "ProbeCache",
     "RunscCapabilities",
     "RunscNotFound",
     "UnsupportedFlag",
     "check_flags",
-    "filter_flags",
     "parse_flags",
     "parse_subcommands",
     "parse_version",
     "probe",
-    "probe_sync",
     "resolve_binary",
 ]
 
@@ -84,14 +84,6 @@ def check_flags(caps: RunscCapabilities, flags: Mapping[str, str] | Sequence[str
     unknown = [name.lstrip("-") for name in flags if not caps.has_flag(name)]
     if unknown:
         raise UnsupportedFlag(caps, unknown)
-
-
-def filter_flags(
-    caps: RunscCapabilities, flags: Mapping[str, str]
-) -> tuple[dict[str, str], tuple[str, ...]]:
-    """Split ``flags`` into those the binary knows and the names it does not."""
-    kept = {k: v for k, v in flags.items() if caps.has_flag(k)}
-    return kept, tuple(k for k in flags if k not in kept)
 
 
 _RELEASE = re.compile(r"(?:release-|~|^)(20\d{6})(?:\.\d+)?")
@@ -191,62 +183,74 @@ def resolve_binary(name: str) -> str:
     return os.path.abspath(found)
 
 
-_CACHE: dict[tuple[str, int, int, int], RunscCapabilities] = {}
+CacheKey = tuple[str, int, int, int]
 _PROBE_TIMEOUT = 30.0
-# Each shim daemon is a new process, so the in-memory cache alone would
-# re-probe (four runsc runs, ~40 ms) on every container's Create. The answers
-# are kept on tmpfs too, under the same key: a replaced binary is re-probed.
-_DISK_CACHE = os.environ.get("GVISORGPU_PROBE_CACHE", "/run/containerd/gvisorgpu-shim/probe")
+# Each shim daemon is a new process, so an in-memory cache alone would re-probe
+# (four runsc runs, ~40 ms) on every container's Create. The answers are kept
+# on tmpfs too, keyed by the binary's path, inode, mtime and size, so a
+# replaced binary is probed again.
+DEFAULT_PROBE_CACHE = "/run/containerd/gvisorgpu-shim/probe"
 
 
-def _disk_file(key: tuple[str, int, int, int]) -> str:
-    digest = hashlib.sha256(repr(key).encode()).hexdigest()[:32]
-    return os.path.join(_DISK_CACHE, f"{digest}.json")
-
-
-def _load_disk(key: tuple[str, int, int, int]) -> RunscCapabilities | None:
-    try:
-        with open(_disk_file(key)) as f:
-            data = json.load(f)
-        return RunscCapabilities(
-            path=data["path"], version=data["version"], release=data["release"],
-            flags=frozenset(data["flags"]), default_platform=data["default_platform"],
-            supported_drivers=None if data["supported_drivers"] is None
-            else tuple(data["supported_drivers"]),
-            subcommands=frozenset(data["subcommands"]),
-            platforms=None if data["platforms"] is None else frozenset(data["platforms"]))
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-def _store(key: tuple[str, int, int, int], caps: RunscCapabilities) -> RunscCapabilities:
-    _CACHE[key] = caps
-    data = {
+def _to_json(caps: RunscCapabilities) -> dict[str, object]:
+    return {
         "path": caps.path, "version": caps.version, "release": caps.release,
         "flags": sorted(caps.flags), "default_platform": caps.default_platform,
         "supported_drivers": caps.supported_drivers, "subcommands": sorted(caps.subcommands),
         "platforms": None if caps.platforms is None else sorted(caps.platforms),
     }
-    with contextlib.suppress(OSError):
-        os.makedirs(_DISK_CACHE, mode=0o700, exist_ok=True)
-        target = _disk_file(key)
-        tmp = f"{target}.{os.getpid()}.tmp"
-        with open(tmp, "w") as f:
-            json.dump(data, f)
-        os.replace(tmp, target)
-    return caps
 
 
-def _cached(key: tuple[str, int, int, int]) -> RunscCapabilities | None:
-    caps = _CACHE.get(key)
-    if caps is None:
-        caps = _load_disk(key)
-        if caps is not None:
-            _CACHE[key] = caps
-    return caps
+def _from_json(data: dict[str, Any]) -> RunscCapabilities:
+    drivers, platforms = data["supported_drivers"], data["platforms"]
+    return RunscCapabilities(
+        path=str(data["path"]), version=str(data["version"]),
+        release=data["release"] if isinstance(data["release"], int) else None,
+        flags=frozenset(data["flags"]), default_platform=data["default_platform"],
+        supported_drivers=None if drivers is None else tuple(drivers),
+        subcommands=frozenset(data["subcommands"]),
+        platforms=None if platforms is None else frozenset(platforms))
 
 
-def _cache_key(path: str) -> tuple[str, int, int, int]:
+@dataclass
+class ProbeCache:
+    """What probes found, in memory and in ``directory`` (None: memory only)."""
+
+    directory: str | None = DEFAULT_PROBE_CACHE
+    _memory: dict[CacheKey, RunscCapabilities] = field(default_factory=dict)
+
+    def _file(self, key: CacheKey) -> str | None:
+        if self.directory is None:
+            return None
+        digest = hashlib.sha256(repr(key).encode()).hexdigest()[:32]
+        return os.path.join(self.directory, f"{digest}.json")
+
+    def get(self, key: CacheKey) -> RunscCapabilities | None:
+        caps = self._memory.get(key)
+        path = self._file(key)
+        if caps is None and path is not None:
+            try:
+                with open(path) as f:
+                    caps = _from_json(json.load(f))
+            except (OSError, ValueError, KeyError, TypeError):
+                return None
+            self._memory[key] = caps
+        return caps
+
+    def put(self, key: CacheKey, caps: RunscCapabilities) -> RunscCapabilities:
+        self._memory[key] = caps
+        path = self._file(key)
+        if path is not None:
+            with contextlib.suppress(OSError):
+                os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+                tmp = f"{path}.{os.getpid()}.tmp"
+                with open(tmp, "w") as f:
+                    json.dump(_to_json(caps), f)
+                os.replace(tmp, path)
+        return caps
+
+
+def _cache_key(path: str) -> CacheKey:
     st = os.stat(path)
     return (path, st.st_ino, st.st_mtime_ns, st.st_size)
 
@@ -255,42 +259,21 @@ _DRIVERS = ("nvproxy", "list-supported-drivers")
 _PLATFORMS = ("help", "platforms")
 
 
-async def probe(binary: str = "runsc") -> RunscCapabilities:
+async def probe(binary: str, runner: CommandRunner, cache: ProbeCache) -> RunscCapabilities:
     """Ask ``binary`` what it supports; cached until the file changes."""
     path = resolve_binary(binary)
     key = _cache_key(path)
-    if (cached := _cached(key)) is not None:
+    if (cached := cache.get(key)) is not None:
         return cached
 
     async def ask(*args: str, stderr: bool = False) -> tuple[int, str]:
-        done = await reaper.run([path, *args], timeout=_PROBE_TIMEOUT)
-        return done.returncode, (done.stderr if stderr else done.stdout).decode(errors="replace")
+        done = await runner.run([path, *args], timeout=_PROBE_TIMEOUT)
+        text = (done.stderr if stderr else done.stdout).decode(errors="replace")
+        return (-1 if done.returncode is None else done.returncode), text
 
     version, flags, helptext, platforms = await asyncio.gather(
         ask("--version"), ask("flags", stderr=True), ask("help"), ask(*_PLATFORMS))
     drivers = None
     if "nvproxy" in parse_subcommands(helptext[1]):
         drivers = await ask(*_DRIVERS)
-    return _store(key, _capabilities(path, version, flags, helptext, drivers, platforms))
-
-
-def probe_sync(binary: str = "runsc") -> RunscCapabilities:
-    """:func:`probe` for the CLI commands (``plan``, ``doctor``).
-
-    Not for the daemon: ``subprocess.run`` waits for its own child, which
-    races the daemon's reaper.
-    """
-    path = resolve_binary(binary)
-    key = _cache_key(path)
-    if (cached := _cached(key)) is not None:
-        return cached
-
-    def ask(*args: str, stderr: bool = False) -> tuple[int, str]:
-        done = subprocess.run([path, *args], capture_output=True, timeout=_PROBE_TIMEOUT,
-                              stdin=subprocess.DEVNULL, check=False)
-        return done.returncode, (done.stderr if stderr else done.stdout).decode(errors="replace")
-
-    helptext = ask("help")
-    drivers = ask(*_DRIVERS) if "nvproxy" in parse_subcommands(helptext[1]) else None
-    return _store(key, _capabilities(
-        path, ask("--version"), ask("flags", stderr=True), helptext, drivers, ask(*_PLATFORMS)))
+    return cache.put(key, _capabilities(path, version, flags, helptext, drivers, platforms))

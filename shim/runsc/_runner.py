@@ -1,19 +1,21 @@
-"""Runsc: one coroutine per subcommand, every child spawned through the reaper."""
+"""Runsc: one coroutine per subcommand.
+
+Children are started by a :class:`CommandRunner` the caller passes in (the
+daemon's reaper), so this module owns no process state and tests can pass
+any runner.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
-import signal
 import subprocess
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import IO, Any, Literal, Protocol
 
-from shim import reaper
 from shim.runsc._errors import RunscError, last_error_message, log_mark, sandbox_panic
 from shim.runsc._options import (
     FLAG_PANIC_LOG,
@@ -24,7 +26,6 @@ from shim.runsc._options import (
     ExecOptions,
     GlobalOptions,
     KillOptions,
-    ListOptions,
     PauseOptions,
     PsOptions,
     ResumeOptions,
@@ -35,7 +36,28 @@ from shim.runsc._options import (
     argv,
 )
 
-__all__ = ["ContainerState", "ExecStarted", "Runsc", "Stdio"]
+__all__ = ["CommandResult", "CommandRunner", "ContainerState", "ExecStarted", "Runsc", "Stdio"]
+
+
+class CommandResult(Protocol):
+    """A finished command; ``returncode`` None means killed after its time-out."""
+
+    @property
+    def returncode(self) -> int | None: ...
+    @property
+    def stdout(self) -> bytes: ...
+    @property
+    def stderr(self) -> bytes: ...
+
+
+class CommandRunner(Protocol):
+    """Runs a command to completion, capturing stdout/stderr where not given,
+    and kills it when ``timeout`` passes or the caller is cancelled
+    (:class:`shim.daemon.reaper.Reaper` is one)."""
+
+    async def run(self, argv: Sequence[str], *, stdin: int | IO[bytes] | None = ...,
+                  stdout: int | IO[bytes] | None = ..., stderr: int | IO[bytes] | None = ...,
+                  timeout: float | None = ...) -> CommandResult: ...
 
 
 @dataclass(frozen=True)
@@ -89,9 +111,10 @@ _DEFAULT_TIMEOUT = 60.0
 class Runsc:
     """runsc bound to one set of global flags; one coroutine per subcommand."""
 
-    def __init__(self, options: GlobalOptions, *, timeout: float | None = _DEFAULT_TIMEOUT,
-                 tmpdir: str | None = None) -> None:
+    def __init__(self, options: GlobalOptions, runner: CommandRunner, *,
+                 timeout: float | None = _DEFAULT_TIMEOUT, tmpdir: str | None = None) -> None:
         self.options = options
+        self.runner = runner
         self.timeout = timeout  # for everything but `wait`
         self.tmpdir = tmpdir  # where exec process specs are written
 
@@ -132,11 +155,6 @@ class Runsc:
 
     async def state(self, container_id: str) -> ContainerState:
         return ContainerState.from_json(self._json(await self._call(StateOptions(), container_id)))
-
-    async def list_containers(self) -> list[ContainerState]:
-        """``runsc list``: every container under this root."""
-        return [ContainerState.from_json(o) for o in self._json(await self._call(ListOptions(), ""))
-                or ()]
 
     async def ps(self, container_id: str) -> list[int]:
         """Pids inside the sandbox's pid namespace."""
@@ -199,7 +217,12 @@ class Runsc:
         args = self.argv(sub, container_id)
         limit = self.timeout if timeout == "default" else timeout
         mark = log_mark(self.options.log)
-        code, out, err = await _execute(args, stdio, limit)
+        if stdio is None:
+            done = await self.runner.run(args, timeout=limit)
+        else:
+            done = await self.runner.run(args, stdin=_fd(stdio.stdin), stdout=_fd(stdio.stdout),
+                                         stderr=_fd(stdio.stderr), timeout=limit)
+        code, out, err = done.returncode, done.stdout, done.stderr
         if code is None:
             raise RunscError(args, None, err, f"no answer within {limit:g} s; killed it")
         if code != 0:
@@ -223,30 +246,5 @@ def _read_pid(path: str) -> int | None:
         return None
 
 
-async def _execute(args: list[str], stdio: Stdio | None,
-                   timeout: float | None) -> tuple[int | None, bytes, bytes]:
-    """Run to completion; (code or None on timeout, stdout, stderr).
-
-    Unlike ``reaper.run`` this kills the child when the caller is cancelled,
-    which matters for the long ``wait``. Output goes to unlinked files rather
-    than pipes, since ``create`` leaves a sandbox that would hold a pipe open.
-    """
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        if stdio is None:
-            streams: tuple[int | None, ...] = (None, out.fileno(), err.fileno())
-        else:
-            streams = (stdio.stdin, stdio.stdout, stdio.stderr)
-        stdin, stdout, stderr = (subprocess.DEVNULL if fd is None else fd for fd in streams)
-        pid, done = reaper.spawn(args, stdin=stdin, stdout=stdout, stderr=stderr)
-        try:
-            code: int | None = await asyncio.wait_for(asyncio.shield(done), timeout)
-        except (TimeoutError, asyncio.CancelledError) as exc:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-            if not isinstance(exc, TimeoutError):
-                raise
-            await done
-            code = None
-        out.seek(0)
-        err.seek(0)
-        return code, out.read(), err.read()
+def _fd(fd: int | None) -> int:
+    return subprocess.DEVNULL if fd is None else fd

@@ -1,11 +1,17 @@
 """Terminals: the pty master runsc hands over, and the copies to the FIFOs.
 
 runsc allocates the pty itself and sends its master over ``--console-socket``
-(SCM_RIGHTS) during ``create`` (init) or ``exec``. The shim then copies
-stdin FIFO → master and master → stdout FIFO, and applies ResizePty to the
-master. The copies are two threads doing blocking IO: a pty and a FIFO each
-block on their own, and a thread per direction keeps the event loop free of
-both without a hand-made buffer. When the process exits the slave side closes,
+(SCM_RIGHTS) during ``create`` (init) or ``exec``. The socket is served on the
+event loop, so giving up on it (runsc failed) cancels cleanly and a master
+that arrives too late is closed, not leaked.
+
+The shim then copies stdin FIFO → master and master → stdout FIFO, and
+applies ResizePty to the master. The copies are two threads doing blocking
+IO: a pty and a FIFO each block on their own, and a thread per direction keeps
+the event loop free of both without a hand-made buffer. Each pump works on
+its own duplicate of the master, so no lock is held across a write that may
+block (a process that stops reading its terminal must not stall ResizePty or
+CloseIO on the event loop). When the process exits the slave side closes,
 reading the master fails with EIO, and closing the stdout writer then gives
 the client its EOF (shim-protocol.md §6.5).
 """
@@ -13,6 +19,7 @@ the client its EOF (shim-protocol.md §6.5).
 from __future__ import annotations
 
 import array
+import asyncio
 import contextlib
 import fcntl
 import os
@@ -37,19 +44,40 @@ class ConsoleSocket:
         self._dir = tempfile.mkdtemp(prefix="gvisorgpu-pty-")
         self.path = os.path.join(self._dir, "console.sock")
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._sock.setblocking(False)
         self._sock.bind(self.path)
         self._sock.listen(1)
-        self._sock.settimeout(60.0)
 
-    def receive_master(self) -> int:
-        """Blocking: wait for runsc to connect and send the pty master."""
-        conn, _ = self._sock.accept()
+    async def receive_master(self) -> int:
+        """Wait for runsc to connect and send the pty master; cancellable."""
+        loop = asyncio.get_running_loop()
+        conn, _ = await loop.sock_accept(self._sock)
         with conn:
-            fds = array.array("i")
-            _, ancdata, _, _ = conn.recvmsg(1024, socket.CMSG_SPACE(fds.itemsize))
-            for level, kind, data in ancdata:
-                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                    fds.frombytes(data[: len(data) - (len(data) % fds.itemsize)])
+            conn.setblocking(False)
+            received: asyncio.Future[list[int]] = loop.create_future()
+
+            def readable() -> None:
+                error: OSError | None = None
+                try:
+                    fds = _recv_fds(conn)
+                except BlockingIOError:
+                    return
+                except OSError as e:
+                    fds, error = [], e
+                loop.remove_reader(conn.fileno())
+                if received.done():  # we stopped waiting: nobody will close them
+                    for fd in fds:
+                        os.close(fd)
+                elif error is not None:
+                    received.set_exception(error)
+                else:
+                    received.set_result(fds)
+
+            loop.add_reader(conn.fileno(), readable)
+            try:
+                fds = await received
+            finally:
+                loop.remove_reader(conn.fileno())
         if not fds:
             raise OSError("runsc connected to the console socket but sent no terminal")
         for extra in fds[1:]:
@@ -62,6 +90,15 @@ class ConsoleSocket:
             os.unlink(self.path)
         with contextlib.suppress(OSError):
             os.rmdir(self._dir)
+
+
+def _recv_fds(conn: socket.socket) -> list[int]:
+    fds = array.array("i")
+    _, ancdata, _, _ = conn.recvmsg(1024, socket.CMSG_SPACE(16 * fds.itemsize))
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(data[: len(data) - (len(data) % fds.itemsize)])
+    return list(fds)
 
 
 class ConsoleIO:
@@ -85,9 +122,11 @@ class ConsoleIO:
             _, path = fifo_path(paths.stdout, "stdout")
             self._stdout_keep = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
             self._stdout = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-        self._threads = [threading.Thread(target=self._pump_out, daemon=True)]
+        self._threads = [threading.Thread(target=self._pump_out, args=(os.dup(master),),
+                                          daemon=True)]
         if self._stdin is not None:
-            self._threads.append(threading.Thread(target=self._pump_in, daemon=True))
+            self._threads.append(threading.Thread(target=self._pump_in, args=(os.dup(master),),
+                                                  daemon=True))
         for t in self._threads:
             t.start()
 
@@ -102,28 +141,29 @@ class ConsoleIO:
                         struct.pack("HHHH", height, width, 0, 0))
             return True
 
-    def _pump_out(self) -> None:
+    def _pump_out(self, master: int) -> None:
+        stdout = self._stdout
         try:
-            while chunk := os.read(self.master, _CHUNK):
-                if self._stdout is not None:
-                    os.write(self._stdout, chunk)
+            while chunk := os.read(master, _CHUNK):
+                if stdout is not None:
+                    os.write(stdout, chunk)
         except OSError:
             pass  # EIO: the slave side is gone, the process has exited
         finally:
+            os.close(master)
             with self._lock:
                 if self._stdout is not None:
                     os.close(self._stdout)
                     self._stdout = None
 
-    def _pump_in(self) -> None:
+    def _pump_in(self, master: int) -> None:
         assert self._stdin is not None
         with contextlib.suppress(OSError):
             while chunk := os.read(self._stdin, _CHUNK):
-                with self._lock:
-                    if self.master < 0:
-                        break
-                    os.write(self.master, chunk)
-        # EOF: the client closed its end and CloseIO dropped our keep-alive.
+                os.write(master, chunk)
+        # EOF: the client closed its end and CloseIO dropped our keep-alive;
+        # or EIO: the process is gone.
+        os.close(master)
         with contextlib.suppress(OSError):
             os.close(self._stdin)
 
@@ -137,19 +177,17 @@ class ConsoleIO:
                 self._stdin_writer = None
 
     def close(self) -> None:
-        """The process has exited: let the output drain (off the event loop), then close."""
+        """The process has exited. The output pump drains what the terminal
+        still holds and then closes the stdout writer itself (that is the
+        client's EOF); here the shim lets go of its own ends."""
         self.close_stdin()
-        threading.Thread(target=self._finish, daemon=True).start()
-
-    def _finish(self) -> None:
-        self._threads[0].join(timeout=5.0)
         with self._lock:
             if self._closed:
                 return
             self._closed = True
-            for fd in (self._stdout, self._stdout_keep, self.master):
+            for fd in (self._stdout_keep, self.master):
                 if fd is not None and fd >= 0:
                     with contextlib.suppress(OSError):
                         os.close(fd)
-            self._stdout = None
+            self._stdout_keep = None
             self.master = -1

@@ -1,7 +1,11 @@
 """A container: its bundle, its runsc sandbox, its init process and execs.
 
-Create is load → plan → write → ``runsc create``; the planner decides the GPU
-flags, this module only runs what it decided.
+Every operation has one shape: find the process, and call
+:meth:`~shim.task.process.Process.transition` with the op and the runsc work
+to do (a ``_do_*`` method here). The process's table decides whether the op
+is legal; this module only performs it. runsc comes in as a
+:class:`~shim.task.runtime.SandboxRuntime`, exits as futures from a
+:class:`~shim.task.runtime.ChildWatcher`.
 
 Where exit codes come from:
 - a sandbox's root container: reaping the sandbox process named by
@@ -9,12 +13,16 @@ Where exit codes come from:
   container's status (128+signal when killed), and ``runsc wait`` cannot answer
   once the sandbox is gone;
 - a pod's app container (a subcontainer): ``runsc wait``, started after
-  ``runsc start``; its pid file names the shared sandbox, not the container;
+  ``runsc start``; its pid file names the shared sandbox, not the container.
+  When it exits, whatever it forked is killed (``runsc kill --all``), as
+  containerd's runc shim does for a container whose PID namespace is shared:
+  a forked child would otherwise keep the container's stdout open and the
+  container would never be seen to exit;
 - an exec: reaping the ``runsc exec --detach`` process, which stays until the
   process inside exits.
 
 Events whose order matters (TaskStart before TaskExit, exec exits before the
-init's) are published here, under the process lock, rather than in the service.
+init's) are published under the process lock, by ``on_event``.
 """
 
 from __future__ import annotations
@@ -25,42 +33,44 @@ import json
 import logging
 import os
 import signal
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from shim import mount, reaper
 from shim.errors import AlreadyExists, FailedPrecondition, NotFound
+from shim.oci import mount
+from shim.oci.layout import PID_FILE, STATE_FILE
 from shim.runsc import (
     CheckpointOptions,
     CreateOptions,
     DeleteOptions,
     GlobalOptions,
     KillOptions,
-    Runsc,
     RunscError,
 )
 from shim.runsc import Stdio as RunscStdio
 from shim.task import oom
 from shim.task.console import ConsoleIO, ConsoleSocket
-from shim.task.process import Process
+from shim.task.process import ExecProcess, InitProcess, Process
+from shim.task.runtime import ChildWatcher, SandboxRuntime
 from shim.task.state import Op, State
 from shim.task.stdio import ProcessIO, StdioPaths
 
-__all__ = ["STATE_FILE", "Container", "CreateParams", "EventCallback"]
+__all__ = ["Container", "CreateParams", "EventCallback", "mounts_from"]
 
 log = logging.getLogger("shim.task")
 
-# Written into the bundle at Create so that the ``delete`` action, which gets
-# no runtime options, can find the same runsc binary, root and log.
-STATE_FILE = "gvisorgpu-shim.json"
-_PID_FILE = "init.pid"
-_RUNSC_LOG = "runsc.log"
 # How long an init's TaskExit waits for its execs' exits to be published.
 _EXEC_EXIT_GRACE = 2.0
-# runsc's answer when a subcontainer's sandbox is gone before `wait` could ask.
+# runsc hands the pty master over before `create`/`exec` returns; a bound
+# in case it never does.
+_CONSOLE_WAIT = 10.0
+# runsc's answer when a subcontainer's sandbox is gone before `wait` could ask;
+# also the status of a process deleted before it ever ran.
 _SANDBOX_GONE = 128 + signal.SIGKILL
+# An exec whose start failed never ran; its Wait still returns.
+_START_FAILED = 255
 
 EventCallback = Callable[[str, Process], None]
 
@@ -79,15 +89,16 @@ class CreateParams:
 
 
 class Container:
-    def __init__(self, params: CreateParams, on_event: EventCallback) -> None:
+    def __init__(self, params: CreateParams, runtime: SandboxRuntime, watcher: ChildWatcher,
+                 on_event: EventCallback) -> None:
         self.id = params.id
         self.bundle = params.bundle
         self.params = params
-        self.runsc = Runsc(params.runsc, tmpdir=params.bundle)
-        self.init = Process(params.id, "", params.stdio)
+        self.runtime = runtime
+        self.watcher = watcher
+        self.init = InitProcess(params.id, params.stdio)
         # exec id -> process; touched only on the event loop.
-        self.execs: dict[str, Process] = {}
-        self._exec_specs: dict[str, dict[str, Any]] = {}
+        self.execs: dict[str, ExecProcess] = {}
         self._on_event = on_event  # ("start" | "exit" | "oom", process)
         self._rootfs_mounted = False
         self._tasks: set[asyncio.Task[None]] = set()
@@ -99,8 +110,9 @@ class Container:
     # ------------------------------------------------------------------ create
 
     @classmethod
-    async def create(cls, params: CreateParams, on_event: EventCallback) -> Container:
-        c = cls(params, on_event)
+    async def create(cls, params: CreateParams, runtime: SandboxRuntime, watcher: ChildWatcher,
+                     on_event: EventCallback) -> Container:
+        c = cls(params, runtime, watcher, on_event)
         try:
             await c._create()
         except BaseException:
@@ -114,40 +126,51 @@ class Container:
             self._rootfs_mounted = True
         os.makedirs(self.params.runsc.root or "", exist_ok=True)
         _write_state(self.bundle, self.params.runsc)
-        pid_file = os.path.join(self.bundle, _PID_FILE)
+        pid_file = os.path.join(self.bundle, PID_FILE)
         opts = CreateOptions(bundle=self.bundle, pid_file=pid_file)
         if self.params.stdio.terminal:
             # runsc sends the pty master during `create`, for a pod's app
             # container as for a sandbox's root container.
-            await self._create_with_console(opts)
+            self.init.io = await self._with_console(
+                self.init.stdio, lambda path: self.runtime.create(
+                    self.id, CreateOptions(bundle=self.bundle, pid_file=pid_file,
+                                           console_socket=path)))
         elif self.subcontainer:
             # runsc gives a subcontainer its stdio at `start`, not here.
             self.init.io = ProcessIO.open(self.params.stdio)
-            await self.runsc.create(self.id, opts)
+            await self.runtime.create(self.id, opts)
         else:
             io = ProcessIO.open(self.params.stdio)
             self.init.io = io
-            await self.runsc.create(self.id, opts, RunscStdio(*io.child))
+            await self.runtime.create(self.id, opts, RunscStdio(*io.child))
             io.child_spawned()
         self.init.pid = int(Path(pid_file).read_text().strip())
         if not self.subcontainer:
             # The sandbox was reparented to us when `runsc create` exited; an
             # exit before this line is held by the reaper until watched.
-            self._spawn(self._watch_exit(self.init, reaper.get_reaper().watch(self.init.pid)))
+            self._spawn(self._watch_exit(self.init, self.watcher.watch(self.init.pid)))
 
-    async def _create_with_console(self, opts: CreateOptions) -> None:
+    async def _with_console(self, stdio: StdioPaths,
+                            run: Callable[[str], Awaitable[Any]]) -> ConsoleIO:
+        """Run a runsc command that sends a pty master; the terminal's IO."""
         console = ConsoleSocket()
+        # Accepting runs beside the runsc command, which connects while it runs.
+        master = asyncio.ensure_future(console.receive_master())
         try:
-            master = asyncio.create_task(asyncio.to_thread(console.receive_master))
-            try:
-                await self.runsc.create(self.id, CreateOptions(
-                    bundle=opts.bundle, pid_file=opts.pid_file, console_socket=console.path))
-            except BaseException:
-                master.cancel()
-                raise
-            self.init.io = ConsoleIO(self.params.stdio, await master)
+            await run(console.path)
+            fd = await asyncio.wait_for(master, _CONSOLE_WAIT)
+        except BaseException:
+            if master.done() and not master.cancelled() and master.exception() is None:
+                os.close(master.result())  # a master nobody will use
+            master.cancel()
+            raise
         finally:
             console.close()
+        try:
+            return ConsoleIO(stdio, fd)
+        except BaseException:
+            os.close(fd)
+            raise
 
     # ------------------------------------------------------------------ lookup
 
@@ -159,163 +182,160 @@ class Container:
         except KeyError:
             raise NotFound(f"exec {exec_id} does not exist in container {self.id}") from None
 
-    # ------------------------------------------------------------------ lifecycle
+    # ------------------------------------------------------------------ operations
 
     async def start(self, exec_id: str) -> int:
         proc = self.process(exec_id)
-        async with proc.lock:
-            proc.check(Op.START)
+        action: Callable[[], Awaitable[None]]
+        if isinstance(proc, ExecProcess):
             if self.init.exited:
                 raise FailedPrecondition(f"cannot start {proc.what}: the container has exited")
-            if proc.is_init:
-                await self._start_init(proc)
-            else:
-                await self._start_exec(proc)
-            proc.apply(Op.START)
-            self._on_event("start", proc)
-            return proc.pid
-
-    async def _start_init(self, proc: Process) -> None:
-        if not self.subcontainer:
-            await self.runsc.start(self.id)
-            return
-        io = proc.io
-        if isinstance(io, ProcessIO):
-            await self.runsc.start(self.id, RunscStdio(*io.child))
-            io.child_spawned()
-        else:  # a terminal: the console already carries its IO
-            await self.runsc.start(self.id)
-        self._spawn(self._watch_exit(proc, asyncio.ensure_future(self._wait_subcontainer())))
-
-    async def _wait_subcontainer(self) -> int:
-        try:
-            return await self.runsc.wait(self.id)
-        except RunscError as e:
-            log.warning("runsc wait failed, taking the sandbox as killed: %s", e,
-                        extra={"container_id": self.id})
-            return _SANDBOX_GONE
-
-    async def _start_exec(self, proc: Process) -> None:
-        spec = self._exec_specs[proc.exec_id]
-        pid_file = os.path.join(self.bundle, f"{proc.exec_id}.pid")
-        if proc.stdio.terminal:
-            console = ConsoleSocket()
-            try:
-                master = asyncio.create_task(asyncio.to_thread(console.receive_master))
-                started = await self.runsc.exec(self.id, spec, pid_file=pid_file,
-                                                console_socket=console.path)
-                proc.io = ConsoleIO(proc.stdio, await master)
-            finally:
-                console.close()
+            action = lambda: self._do_start_exec(proc)  # noqa: E731
         else:
-            io = ProcessIO.open(proc.stdio)
-            proc.io = io
-            try:
-                started = await self.runsc.exec(self.id, spec, pid_file=pid_file,
-                                                stdio=RunscStdio(*io.child))
-            finally:
-                io.child_spawned()
-        proc.pid, proc.internal_pid = started.pid, started.internal_pid
-        self._spawn(self._watch_exit(proc, reaper.get_reaper().watch(started.pid)))
+            action = self._do_start_init
+        await proc.transition(Op.START, action, then=lambda: self._on_event("start", proc))
+        return proc.pid
 
     def add_exec(self, exec_id: str, process_spec: Mapping[str, Any], stdio: StdioPaths) -> None:
         if exec_id in self.execs:
             raise AlreadyExists(f"exec {exec_id} already exists in container {self.id}")
         self.init.check(Op.EXEC)  # refuses a paused or stopped container
-        self.execs[exec_id] = Process(self.id, exec_id, stdio)
-        self._exec_specs[exec_id] = dict(process_spec)
+        self.execs[exec_id] = ExecProcess(self.id, exec_id, stdio, dict(process_spec))
 
     async def kill(self, exec_id: str, sig: int, all_: bool) -> None:
         proc = self.process(exec_id)
-        async with proc.lock:
-            if proc.exited or proc.state in (State.STOPPED, State.DELETED):
-                raise NotFound(f"cannot signal {proc.what}: process already finished")
-            if proc.state is State.CREATED and not proc.is_init:
-                raise FailedPrecondition(f"cannot signal {proc.what}: it has not been started")
-            proc.check(Op.KILL)
-            if proc.state is State.CREATED:
-                await self._kill_created(proc, sig)
-                return
-            opts = KillOptions(signal=sig, all=all_ and proc.is_init,
-                               pid=None if proc.is_init else proc.internal_pid)
-            try:
-                await self.runsc.kill(self.id, opts)
-            except RunscError as e:
-                if proc.exited or e.not_found or "not running" in e.reason:
-                    raise NotFound(f"cannot signal {proc.what}: process already finished") from e
-                if self.subcontainer and proc.is_init and not _sandbox_alive(proc.pid):
-                    # The pod's sandbox died and took this container with it;
-                    # `runsc wait` may not have said so yet.
-                    self._record_exit(proc, _SANDBOX_GONE)
-                    raise NotFound(f"cannot signal {proc.what}: its sandbox has exited") from e
-                raise
-
-    async def _kill_created(self, proc: Process, sig: int) -> None:
-        """runsc refuses to signal a created container; ending it is what
-        killing a parked init means (containerd's delete path relies on it)."""
-        if sig not in (signal.SIGKILL, signal.SIGTERM, signal.SIGINT):
-            return
-        if self.subcontainer:
-            await self.runsc.delete(self.id, DeleteOptions(force=True))
-            self._record_exit(proc, _SANDBOX_GONE)
-        else:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, signal.SIGKILL)
+        await proc.transition(Op.KILL, lambda: self._do_kill(proc, sig, all_))
 
     async def pause(self) -> None:
-        async with self.init.lock:
-            self.init.check(Op.PAUSE)
-            await self.runsc.pause(self.id)
-            self.init.apply(Op.PAUSE)
+        await self.init.transition(Op.PAUSE, lambda: self.runtime.pause(self.id))
 
     async def resume(self) -> None:
-        async with self.init.lock:
-            self.init.check(Op.RESUME)
-            await self.runsc.resume(self.id)
-            self.init.apply(Op.RESUME)
+        await self.init.transition(Op.RESUME, lambda: self.runtime.resume(self.id))
 
     async def checkpoint(self, path: str, *, leave_running: bool) -> None:
-        async with self.init.lock:
-            self.init.check(Op.CHECKPOINT)
-            await self.runsc.checkpoint(self.id, CheckpointOptions(
-                image_path=path, leave_running=leave_running))
+        opts = CheckpointOptions(image_path=path, leave_running=leave_running)
+        await self.init.transition(Op.CHECKPOINT, lambda: self.runtime.checkpoint(self.id, opts))
+
+    async def delete(self, exec_id: str) -> Process:
+        proc = self.process(exec_id)
+        if isinstance(proc, ExecProcess):
+            await proc.transition(Op.DELETE, _nothing)
+            del self.execs[exec_id]
+        else:
+            await proc.transition(Op.DELETE, lambda: self._cleanup(force=False))
+        # Deleted before it ran: whoever waits for it must not wait forever.
+        proc.record_exit(_SANDBOX_GONE)
+        return proc
 
     async def stats(self) -> dict[str, Any]:
-        if self.init.state not in (State.RUNNING, State.PAUSED) or self.init.exited:
+        if self.init.state not in (State.RUNNING, State.PAUSED):
             raise NotFound(f"no metrics for container {self.id}: it is not running")
-        return await self.runsc.stats(self.id)
+        return await self.runtime.stats(self.id)
 
     def resize_pty(self, exec_id: str, width: int, height: int) -> None:
         proc = self.process(exec_id)
         if isinstance(proc.io, ConsoleIO) and not proc.io.resize(width, height):
             raise NotFound(f"cannot resize the terminal of {proc.what}: it has exited")
 
-    async def wait(self, exec_id: str) -> tuple[int, object]:
-        return await self.process(exec_id).wait()
-
     def close_io(self, exec_id: str) -> None:
         io = self.process(exec_id).io
         if io is not None:
             io.close_stdin()
 
-    async def delete(self, exec_id: str) -> Process:
-        proc = self.process(exec_id)
-        async with proc.lock:
-            proc.check(Op.DELETE)
-            if proc.is_init:
-                await self._cleanup(force=False)
-            else:
-                del self.execs[exec_id]
-                self._exec_specs.pop(exec_id, None)
-            proc.state = State.DELETED
-            return proc
-
     def pids(self) -> list[tuple[int, str]]:
         """(pid, exec id) of live processes; "" for the init."""
-        procs = (self.init, *self.execs.values())
+        procs: tuple[Process, ...] = (self.init, *self.execs.values())
         return [(p.pid, p.exec_id) for p in procs if p.pid and not p.exited]
 
-    # ------------------------------------------------------------------ internals
+    # ------------------------------------------------------------------ runsc work
+
+    async def _do_start_init(self) -> None:
+        if not self.subcontainer:
+            await self.runtime.start(self.id)
+            return
+        io = self.init.io
+        if isinstance(io, ProcessIO):
+            await self.runtime.start(self.id, RunscStdio(*io.child))
+            io.child_spawned()
+        else:  # a terminal: the console already carries its IO
+            await self.runtime.start(self.id)
+        self._spawn(self._watch_exit(self.init, asyncio.ensure_future(self._wait_subcontainer())))
+
+    async def _wait_subcontainer(self) -> int:
+        try:
+            return await self.runtime.wait(self.id)
+        except RunscError as e:
+            log.warning("runsc wait failed, taking the sandbox as killed: %s", e,
+                        extra={"container_id": self.id})
+            return _SANDBOX_GONE
+
+    async def _do_start_exec(self, proc: ExecProcess) -> None:
+        try:
+            await self._exec(proc)
+        except BaseException:
+            # It never ran: release its stdio and answer its Wait (no TaskExit).
+            proc.record_exit(_START_FAILED)
+            raise
+        self._spawn(self._watch_exit(proc, self.watcher.watch(proc.pid)))
+
+    async def _exec(self, proc: ExecProcess) -> None:
+        pid_file = os.path.join(self.bundle, f"{proc.exec_id}.pid")
+        if proc.stdio.terminal:
+            results = []
+
+            async def run(console: str) -> None:
+                results.append(await self.runtime.exec(
+                    self.id, proc.spec, pid_file=pid_file, console_socket=console))
+
+            proc.io = await self._with_console(proc.stdio, run)
+            started = results[0]
+        else:
+            io = ProcessIO.open(proc.stdio)
+            proc.io = io
+            try:
+                started = await self.runtime.exec(self.id, proc.spec, pid_file=pid_file,
+                                                  stdio=RunscStdio(*io.child))
+            finally:
+                io.child_spawned()
+        proc.pid, proc.internal_pid = started.pid, started.internal_pid
+
+    async def _do_kill(self, proc: Process, sig: int, all_: bool) -> None:
+        if proc.state is State.CREATED:  # only an init: the exec table refuses it
+            await self._kill_created(sig)
+            return
+        pid = None
+        if isinstance(proc, ExecProcess):
+            if proc.internal_pid is None:
+                # Without it, `runsc kill` would signal the container's init.
+                raise FailedPrecondition(
+                    f"cannot signal {proc.what}: runsc did not report its pid in the sandbox")
+            pid = proc.internal_pid
+        try:
+            await self.runtime.kill(self.id, KillOptions(signal=sig, all=all_ and proc.is_init,
+                                                         pid=pid))
+        except RunscError as e:
+            if e.not_found:
+                raise NotFound(f"cannot signal {proc.what}: process already finished") from e
+            if self.subcontainer and proc.is_init and not _sandbox_alive(proc.pid):
+                # The pod's sandbox died and took this container with it;
+                # `runsc wait` may not have said so yet.
+                self._record_exit(proc, _SANDBOX_GONE)
+                raise NotFound(f"cannot signal {proc.what}: its sandbox has exited") from e
+            raise
+
+    async def _kill_created(self, sig: int) -> None:
+        """runsc refuses to signal a created container; ending it is what
+        killing a parked init means (containerd's delete path relies on it)."""
+        if sig not in (signal.SIGKILL, signal.SIGTERM, signal.SIGINT):
+            return
+        if self.subcontainer:
+            await self._runsc_delete()
+            self._record_exit(self.init, _SANDBOX_GONE)
+        else:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.init.pid, signal.SIGKILL)
+
+    # ------------------------------------------------------------------ exits
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -325,17 +345,36 @@ class Container:
     async def _watch_exit(self, proc: Process, done: asyncio.Future[int]) -> None:
         code = await done
         if proc.is_init:
+            if self.subcontainer:
+                await self._kill_the_rest()
             await self._await_exec_exits()
         async with proc.lock:  # lets an in-flight Start publish TaskStart first
             self._record_exit(proc, code)
 
+    async def _kill_the_rest(self) -> None:
+        """What the container's init forked dies with it (containerd's runc shim
+        kills every process of a container whose init exits in a shared PID
+        namespace); otherwise they keep its stdout open and outlive it."""
+        if not _sandbox_alive(self.init.pid):
+            return  # the whole sandbox is gone, and everything in it
+        with contextlib.suppress(RunscError):
+            await self.runtime.kill(self.id, KillOptions(signal=signal.SIGKILL, all=True))
+
+    async def sandbox_exited(self) -> None:
+        """This pod member's sandbox is gone, and the member with it: its exit
+        is known now, before ``runsc wait`` gets round to failing, so that
+        containerd (which refuses to delete a running task) can remove it."""
+        if self.init.exited:
+            return
+        async with self.init.lock:
+            self._record_exit(self.init, _SANDBOX_GONE)
+
     def _record_exit(self, proc: Process, code: int) -> None:
         """Record an exit once and publish it (TaskOOM first when the OOM killer
         ended the sandbox); a second report of the same exit is ignored."""
-        if proc.exited:
-            return
         deleted = proc.state is State.DELETED
-        proc.set_exited(code)
+        if not proc.record_exit(code):
+            return
         log.info("process exited", extra={"container_id": self.id, "exec_id": proc.exec_id,
                                            "pid": proc.pid, "exit_status": code})
         if deleted:
@@ -353,10 +392,12 @@ class Container:
                 await asyncio.wait_for(
                     asyncio.gather(*(p.wait() for p in running)), _EXEC_EXIT_GRACE)
 
+    # ------------------------------------------------------------------ cleanup
+
     async def _cleanup(self, *, force: bool) -> None:
         """Release everything: runsc state, sandbox, rootfs mount, fds."""
         try:
-            await self.runsc.delete(self.id, DeleteOptions(force=True))
+            await self._runsc_delete()
         except RunscError as e:
             if not e.not_found:
                 if not force:
@@ -372,6 +413,37 @@ class Container:
             mount.unmount_all(os.path.join(self.bundle, "rootfs"))
             self._rootfs_mounted = False
         _remove_root(self.params.runsc.root)
+
+
+    async def _runsc_delete(self) -> None:
+        """``runsc delete --force``. When the sandbox has just died (a crash),
+        runsc may still see its process and fail to reach its control socket
+        ("connection refused"); once the process is gone, runsc deletes the
+        state without asking the sandbox, so that is worth one more try."""
+        try:
+            await self.runtime.delete(self.id, DeleteOptions(force=True))
+        except RunscError as e:
+            if e.not_found or not await _gone_soon(self.init.pid):
+                raise
+            log.info("runsc delete failed while the sandbox was dying; trying again: %s", e,
+                     extra={"container_id": self.id})
+            await self.runtime.delete(self.id, DeleteOptions(force=True))
+
+
+async def _nothing() -> None:
+    return None
+
+
+async def _gone_soon(pid: int, within: float = 2.0) -> bool:
+    """Whether the sandbox process ``pid`` is, or within ``within`` s is, gone;
+    False while it keeps running (then runsc's failure stands)."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + within
+    while _sandbox_alive(pid):
+        if loop.time() >= end:
+            return False
+        await asyncio.sleep(0.05)
+    return True
 
 
 def _sandbox_alive(pid: int) -> bool:
@@ -393,10 +465,6 @@ def _remove_root(root: str | None) -> None:
     if root and os.path.isdir(root) and not os.listdir(root):
         with contextlib.suppress(OSError):
             os.rmdir(root)
-
-
-def runsc_log_path(bundle: str) -> str:
-    return os.path.join(bundle, _RUNSC_LOG)
 
 
 def mounts_from(request_mounts: Sequence[object]) -> tuple[mount.MountSpec, ...]:

@@ -4,21 +4,23 @@ Theory of operation
 -------------------
 Every process the shim manages (a container's init, or an exec inside it) is
 in exactly one :class:`State`. Each RPC that changes a process is an
-:class:`Op`. ``INIT_TRANSITIONS`` and ``EXEC_TRANSITIONS`` say, for each state,
-which ops are legal and which state follows; an op that is missing from the
-table is refused with FailedPrecondition naming the process, its state and the
-op. Queries (State, Wait, Pids, Stats, Connect) are legal in every state and are
-not in the tables.
+:class:`Op`, and so is the reaper's news that it exited (``EXIT``).
+``INIT_TRANSITIONS`` and ``EXEC_TRANSITIONS`` say, for each state, which ops
+are legal and which state follows; this file is the only place a transition
+is decided. An op that is missing from a table is refused with
+FailedPrecondition naming the process, its state and the op. Queries (State,
+Wait, Pids, Stats, Connect) are legal in every state and are not in the tables.
 
-Two rules, after containerd's runc shim (``process/init_state.go``):
-- ``EXIT`` is not an RPC: it is the reaper telling us the process is gone, and it
-  is legal from every live state.
-- Kill of a stopped process is NotFound rather than FailedPrecondition, because
-  containerd's delete paths tolerate NotFound for "already exited"
-  (shim-protocol.md §1.4); that is decided by the caller, not here.
-
-Exec processes have the smaller table: they cannot be paused on their own (the
-container is paused as a whole).
+Rules, after containerd's runc shim (``process/init_state.go``,
+``exec_state.go``):
+- ``EXIT`` is legal from every live state. A second exit of the same process is
+  not a transition (the table has no STOPPED → EXIT entry); callers ignore it.
+- Signalling a process that has finished is :data:`GONE`: NotFound ("process
+  already finished"), because containerd's delete and CRI's stop paths treat
+  NotFound as "already exited" (shim-protocol.md §1.4), where a
+  FailedPrecondition would fail the user's ``kubectl delete``.
+- An exec cannot be paused on its own (the container is paused as a whole),
+  and signalling one that has not started is refused.
 """
 
 from __future__ import annotations
@@ -26,9 +28,9 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 
-from shim.errors import FailedPrecondition
+from shim.errors import FailedPrecondition, NotFound
 
-__all__ = ["EXEC_TRANSITIONS", "INIT_TRANSITIONS", "Op", "State", "next_state"]
+__all__ = ["EXEC_TRANSITIONS", "GONE", "INIT_TRANSITIONS", "Gone", "Op", "State", "next_state"]
 
 
 class State(enum.Enum):
@@ -51,7 +53,15 @@ class Op(enum.Enum):
     CHECKPOINT = "checkpoint"
 
 
-Table = Mapping[State, Mapping[Op, State]]
+class Gone(enum.Enum):
+    """The op addresses a process that has already finished: NotFound."""
+
+    GONE = "gone"
+
+
+GONE = Gone.GONE
+
+Table = Mapping[State, Mapping[Op, State | Gone]]
 
 INIT_TRANSITIONS: Table = {
     State.CREATED: {
@@ -78,14 +88,18 @@ INIT_TRANSITIONS: Table = {
         Op.CHECKPOINT: State.PAUSED,
     },
     State.STOPPED: {
+        Op.KILL: GONE,
         Op.DELETE: State.DELETED,
     },
-    State.DELETED: {},
+    State.DELETED: {
+        Op.KILL: GONE,
+    },
 }
 
 EXEC_TRANSITIONS: Table = {
     State.CREATED: {
         Op.START: State.RUNNING,
+        # A failed start (or a delete before start) ends it: its Wait returns.
         Op.EXIT: State.STOPPED,
         Op.DELETE: State.DELETED,
     },
@@ -93,21 +107,26 @@ EXEC_TRANSITIONS: Table = {
         Op.KILL: State.RUNNING,
         Op.EXIT: State.STOPPED,
     },
+    State.PAUSED: {},
     State.STOPPED: {
+        Op.KILL: GONE,
         Op.DELETE: State.DELETED,
     },
-    State.PAUSED: {},
-    State.DELETED: {},
+    State.DELETED: {
+        Op.KILL: GONE,
+    },
 }
 
 
 def next_state(table: Table, state: State, op: Op, *, what: str) -> State:
-    """The state after ``op``; FailedPrecondition when the table has no entry.
+    """The state after ``op``; NotFound or FailedPrecondition when it is refused.
 
     ``what`` names the process for the message, e.g. ``container web-1`` or
     ``exec probe-3 in container web-1``.
     """
-    try:
-        return table[state][op]
-    except KeyError:
-        raise FailedPrecondition(f"cannot {op.value} {what}: it is {state.value}") from None
+    found = table[state].get(op)
+    if found is GONE:
+        raise NotFound(f"cannot {op.value} {what}: process already finished")
+    if found is None:
+        raise FailedPrecondition(f"cannot {op.value} {what}: it is {state.value}")
+    return found

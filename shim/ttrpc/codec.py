@@ -36,6 +36,7 @@ import betterproto
 
 from shim.api.google.rpc import Status
 from shim.api.ttrpc import KeyValue, Request, Response
+from shim.protowire import WireFormatError, strict_parse
 from shim.ttrpc.status import Code
 
 __all__ = [
@@ -371,54 +372,7 @@ def decode_message(message_type: type[_M], data: bytes) -> _M:
 
 
 def _parse(message: _M, data: bytes) -> _M:
-    # betterproto is lenient: it slices past the end of truncated fields and
-    # turns unknown wire types into None. Check the framing of the top-level
-    # fields first, so that such input is refused as Go's decoder refuses it.
-    name = type(message).__name__
-    reason = _wire_format_problem(data)
-    if reason is not None:
-        raise EnvelopeError(f"undecodable {name}: {reason}")
-    # betterproto reports what it does catch with whatever the failing step
-    # raises (EOFError, UnicodeDecodeError, ...); the callers check types.
     try:
-        return message.parse(data)
-    except Exception as exc:
-        raise EnvelopeError(f"undecodable {name}: {exc}") from exc
-
-
-def _wire_format_problem(data: bytes) -> str | None:
-    """Why ``data`` is not a sequence of protobuf fields, or None if it is."""
-    pos = 0
-    while pos < len(data):
-        key, pos = _varint(data, pos)
-        if key is None:
-            return "truncated field key"
-        wire_type = key & 7
-        if key >> 3 == 0:
-            return "field number 0"
-        if wire_type == 0:
-            value, pos = _varint(data, pos)
-            if value is None:
-                return "truncated varint"
-        elif wire_type in (1, 5):
-            pos += 8 if wire_type == 1 else 4
-        elif wire_type == 2:
-            length, pos = _varint(data, pos)
-            if length is None:
-                return "truncated length"
-            pos += length
-        else:
-            return f"unsupported wire type {wire_type}"
-        if pos > len(data):
-            return "field runs past the end"
-    return None
-
-
-def _varint(data: bytes, pos: int) -> tuple[int | None, int]:
-    value = shift = 0
-    for i in range(pos, min(len(data), pos + 10)):
-        value |= (data[i] & 0x7F) << shift
-        if data[i] < 0x80:
-            return value, i + 1
-        shift += 7
-    return None, pos
+        return strict_parse(message, data)
+    except WireFormatError as exc:
+        raise EnvelopeError(str(exc)) from exc

@@ -11,8 +11,9 @@ interleave. While the transport asks us to pause writing, handler tasks wait
 before writing and the connection stops reading new requests.
 
 Errors meet the wire in :func:`_invoke` only: an :class:`RpcError` is an
-expected answer, anything else is logged with its traceback and answered
-Unknown with the exception text.
+expected answer, and so is any exception the ``error_status`` function given
+to the server maps to a code (the task service's domain errors); anything else
+is logged with its traceback and answered Unknown with the exception text.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from shim.api.ttrpc import Request
 from shim.ttrpc import codec
 from shim.ttrpc.status import Code, RpcError
 
-__all__ = ["CallContext", "Handler", "Server"]
+__all__ = ["CallContext", "ErrorStatus", "Handler", "Server"]
 
 log = logging.getLogger("shim.ttrpc")
 
@@ -41,6 +42,8 @@ NAMESPACE_KEY = "containerd-namespace-ttrpc"
 _M = TypeVar("_M", bound=betterproto.Message)
 Handler = Callable[[Any, "CallContext"], Awaitable[betterproto.Message]]
 """A method implementation: (decoded request, context) -> response message."""
+ErrorStatus = Callable[[Exception], "Code | None"]
+"""The wire code for an exception a handler raised on purpose; None: unexpected."""
 
 _PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
@@ -71,10 +74,12 @@ class _Method:
 class Server:
     """Serves registered unary methods on an already listening unix socket."""
 
-    def __init__(self, *, require_same_user: bool = True) -> None:
+    def __init__(self, *, require_same_user: bool = True,
+                 error_status: ErrorStatus | None = None) -> None:
         # Go's ttrpc server only talks to peers with its own uid and gid
         # (UnixSocketRequireSameUser); containerd and its shims always match.
         self._require_same_user = require_same_user
+        self.error_status: ErrorStatus = error_status or (lambda exc: None)
         self._methods: dict[tuple[str, str], _Method] = {}
         self._services: set[str] = set()
         self._listener: asyncio.AbstractServer | None = None
@@ -341,7 +346,8 @@ class _Connection(asyncio.Protocol):
             self._transport.write(codec.encode_response(stream_id, code=code, message=message))
 
     async def _serve(self, stream_id: int, request: Request, method: _Method) -> None:
-        payload, code, message = await _invoke(method, _context(stream_id, request), request)
+        payload, code, message = await _invoke(method, _context(stream_id, request), request,
+                                               self._server.error_status)
         try:
             frame = codec.encode_response(stream_id, payload, code=code, message=message)
         except codec.MessageTooLargeError as exc:
@@ -378,7 +384,8 @@ def _context(stream_id: int, request: Request) -> CallContext:
     )
 
 
-async def _invoke(method: _Method, ctx: CallContext, request: Request) -> tuple[bytes, Code, str]:
+async def _invoke(method: _Method, ctx: CallContext, request: Request,
+                  error_status: ErrorStatus) -> tuple[bytes, Code, str]:
     """Run one handler; the only place where its outcome becomes a wire status."""
     try:
         message = codec.decode_message(method.request_type, request.payload)
@@ -406,6 +413,9 @@ async def _invoke(method: _Method, ctx: CallContext, request: Request) -> tuple[
         # The handler awaited something that someone else cancelled.
         return b"", Code.CANCELLED, "context canceled"
     except Exception as exc:
+        mapped = error_status(exc)
+        if mapped is not None and mapped is not Code.OK:
+            return b"", mapped, str(exc)
         return _unexpected(ctx, exc)
 
 

@@ -18,7 +18,7 @@ import psutil
 
 from tests import paths
 
-_MARKERS = ("containerd-shim", "runsc", "shim.cli")
+_MARKERS = ("containerd-shim", "runsc", "shim.manager")
 
 
 def _unescape(field: str) -> str:
@@ -53,17 +53,26 @@ def runsc_state(root: Path) -> list[str]:
     return sorted(str(p) for p in root.rglob("*") if not p.is_dir())
 
 
+def _words(cmdline: list[str]) -> list[str]:
+    # A process that set its title (the shim's daemons and forkserver) shows
+    # one argument with spaces, padded with empty ones.
+    return " ".join(a for a in cmdline if a).split()
+
+
 def _is_runtime_process(cmdline: list[str]) -> bool:
+    words = _words(cmdline)
+    if is_forkserver(cmdline):
+        return False  # lives as long as its containerd, by design
     # Three words: the installed launcher runs `python3 -IS <shim> ...`.
-    heads = " ".join(os.path.basename(a) for a in cmdline[:3])
-    return any(m in heads for m in _MARKERS) or any("shim.cli" in a for a in cmdline[:4])
+    heads = " ".join(os.path.basename(a) for a in words[:3])
+    return any(m in heads for m in _MARKERS)
 
 
-def _is_forked_daemon(cmdline: list[str], cwd: str) -> bool:
-    # A shim daemon forked by shim.forkserver keeps the forkserver's argv
-    # (`python -m shim.forkserver ...`); unlike the forkserver itself, which
-    # lives as long as its containerd and runs in /, it runs in its bundle.
-    return "shim.forkserver" in cmdline[:4] and cwd != "/"
+def is_forkserver(cmdline: list[str]) -> bool:
+    """The shim's forkserver: `containerd-shim-gvisorgpu-v1 forkserver -address …`."""
+    words = _words(cmdline)
+    return len(words) > 1 and words[0].endswith("containerd-shim-gvisorgpu-v1") \
+        and words[1] == "forkserver"
 
 
 def session_processes(workdir: Path, daemon_pid: int | None = None) -> list[psutil.Process]:
@@ -81,7 +90,7 @@ def session_processes(workdir: Path, daemon_pid: int | None = None) -> list[psut
             cmdline = proc.info["cmdline"] or []
             if proc.pid in (me, daemon_pid):
                 continue
-            if not (_is_runtime_process(cmdline) or _is_forked_daemon(cmdline, proc.cwd())):
+            if not _is_runtime_process(cmdline):
                 continue
             ours = any(mark in a for a in cmdline)
             ours = ours or daemon_pid in {p.pid for p in proc.parents()}

@@ -166,24 +166,13 @@ def bundle(env: cri.CriEnv, container_id: str) -> Path:
 
 
 def shim_daemons(env: cri.CriEnv) -> list[psutil.Process]:
-    """This containerd's shim daemons: shim processes that lead their own
-    session (the daemon calls setsid; ``start`` and ``delete`` are containerd's
-    children) and run in one of its bundles (the forkserver runs in /).
-
-    The shim is recognised by its launcher's name anywhere in the first
-    arguments (``python3 -IS .../containerd-shim-gvisorgpu-v1``) or by the
-    forkserver's argv, which the daemons it forks keep.
-    """
-    mark = str(env.daemon.state) + "/"
+    """This containerd's shim daemons, by the title each one sets:
+    ``containerd-shim-gvisorgpu-v1 -namespace NS -id GROUP -address ADDR``."""
     found = []
     for proc in psutil.process_iter(["cmdline"]):
-        with contextlib.suppress(psutil.Error, ProcessLookupError):
-            argv = proc.info["cmdline"] or []
-            if not (any(os.path.basename(a) == SHIM_NAME for a in argv[:3])
-                    or "shim.forkserver" in argv[:4]):
-                continue
-            if os.getsid(proc.pid) == proc.pid and proc.cwd().startswith(mark):
-                found.append(proc)
+        words = leftovers._words(proc.info["cmdline"] or [])
+        if words[:2] == [SHIM_NAME, "-namespace"] and words[-1] == str(env.daemon.address):
+            found.append(proc)
     return found
 
 

@@ -42,7 +42,12 @@ def test_image_archive_is_reproducible_oci_layout(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("cmdline", "runtime"), [
     (["/usr/bin/containerd-shim-runc-v2", "-namespace", "gg", "-id", "c1"], True),
     (["/r/.venv/bin/python3", "/r/.venv/bin/containerd-shim-gvisorgpu-v1", "-id", "c1"], True),
-    (["/r/.venv/bin/python3", "-m", "shim.cli", "serve"], True),
+    (["/r/.venv/bin/python3", "-m", "shim.manager.main", "start"], True),
+    # Titles the shim's processes set: a daemon is one, its forkserver is not.
+    (["containerd-shim-gvisorgpu-v1 -namespace gg -id c1 -address /tmp/gg-x/c.sock", "", ""],
+     True),
+    (["containerd-shim-gvisorgpu-v1 forkserver -address /tmp/gg-x/c.sock -containerd-pid 4",
+      "", ""], False),
     (["runsc-sandbox", "--root=/tmp/gg-x/runsc/gg", "boot"], True),
     (["runsc-gofer", "--root=/tmp/gg-x/runsc/gg", "gofer"], True),
     (["/usr/bin/runsc", "--root", "/tmp/gg-x/runsc/gg", "wait", "c1"], True),
@@ -53,16 +58,6 @@ def test_image_archive_is_reproducible_oci_layout(tmp_path: Path) -> None:
 ])
 def test_leftover_process_markers(cmdline: list[str], runtime: bool) -> None:
     assert leftovers._is_runtime_process(cmdline) is runtime
-
-
-@pytest.mark.parametrize(("cmdline", "cwd", "daemon"), [
-    (["/r/.venv/bin/python3", "-m", "shim.forkserver", "/run/containerd/s/fs", "42"],
-     "/tmp/gg-x/state/io.containerd.runtime.v2.task/gg/c1", True),
-    (["/r/.venv/bin/python3", "-m", "shim.forkserver", "/run/containerd/s/fs", "42"], "/", False),
-    (["/usr/bin/python3", "-m", "http.server"], "/tmp/gg-x", False),
-])
-def test_forked_shim_daemons_are_recognised(cmdline: list[str], cwd: str, daemon: bool) -> None:
-    assert leftovers._is_forked_daemon(cmdline, cwd) is daemon
 
 
 def test_mounts_under_reads_escaped_mountinfo(tmp_path: Path) -> None:

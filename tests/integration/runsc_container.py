@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from shim import runsc
-from shim.reaper import get_reaper
+from shim.daemon.reaper import Reaper
 from shim.runsc import CreateOptions, DeleteOptions, GlobalOptions, Runsc, RunscError
 from tests import paths
 
@@ -54,10 +54,12 @@ def _spec(args: list[str]) -> dict[str, Any]:
 class Sandbox:
     """Bundles under one runsc root, deleted with --force by ``cleanup``."""
 
-    def __init__(self, tmp: Path, runsc_bin: Path, network: runsc.Network = "none") -> None:
+    def __init__(self, tmp: Path, runsc_bin: Path, reaper: Reaper,
+                 network: runsc.Network = "none") -> None:
         self.tmp = tmp
+        self.reaper = reaper
         self.runsc = Runsc(GlobalOptions(binary=str(runsc_bin), root=str(tmp / "root"),
-                                         log=str(tmp / "log.json"), network=network))
+                                         log=str(tmp / "log.json"), network=network), reaper)
         self.ids: list[str] = []
 
     def bundle(self, cid: str, args: list[str]) -> str:
@@ -99,11 +101,11 @@ async def busybox_sandbox(
     """A ``Sandbox`` with the reaper installed; skips where busybox-static is missing."""
     if not BUSYBOX.exists():
         pytest.skip("busybox-static is not installed")
-    reaper = get_reaper()
+    reaper = Reaper()
     with _subreaper():
         reaper.install(asyncio.get_running_loop(), subreaper=True)
         try:
-            box = Sandbox(tmp, runsc_bin, network)
+            box = Sandbox(tmp, runsc_bin, reaper, network)
             try:
                 yield box
             finally:

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 from shim.gpu.detect import load_cdi_specs
-from shim.gpu.facts import HostFacts
+from shim.gpu.facts import HostFacts, SandboxRole
+from shim.kube.pod import pod_role
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "cdi"
 SPECS = load_cdi_specs([str(FIXTURES / "etc"), str(FIXTURES / "run")])[0]
@@ -55,3 +57,14 @@ RUNSC_2026 = dataclasses.replace(
     | {"nvproxy-allowed-driver-capabilities", "nvproxy-allow-unsupported-driver"},
 )
 
+
+
+def role_of(spec: dict[str, Any]) -> SandboxRole:
+    """The role Create gives a spec from its CRI annotations alone (an app
+    container's sandbox unknown), as the ``plan`` command's dry run does."""
+    role = pod_role(spec.get("annotations") or {})
+    if role.kind == "sandbox":
+        return SandboxRole.pod_sandbox()
+    if role.kind == "member":
+        return SandboxRole.member(role.sandbox_id, sandbox_nvproxy=None)
+    return SandboxRole.standalone()

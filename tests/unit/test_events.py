@@ -13,7 +13,7 @@ from betterproto.lib.google.protobuf import Empty
 
 from shim.api.containerd import events as ev
 from shim.api.containerd.services.events.ttrpc.v1 import ForwardRequest
-from shim.events import Publisher
+from shim.daemon.events import Publisher
 from shim.ttrpc.server import CallContext, Server
 from tests.unit.ttrpc_helpers import listening_socket, socket_dir
 
@@ -47,7 +47,7 @@ def _exit(code: int) -> ev.TaskExit:
 @pytest.fixture(autouse=True)
 def _quiet() -> Iterator[None]:
     # The publisher logs every failed attempt; that is expected here.
-    logger = logging.getLogger("shim.events")
+    logger = logging.getLogger("shim.daemon.events")
     level = logger.level
     logger.setLevel(logging.ERROR)
     yield

@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 from shim.gpu.detect import gather_host_facts, read_driver_version, scan_device_nodes
+from shim.runsc import RunscCapabilities
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "cdi"
 VERSION = (
@@ -56,18 +57,14 @@ def test_read_driver_version(tmp_path: Path) -> None:
 
 
 def test_gather_host_facts(tmp_path: Path) -> None:
+    runsc = RunscCapabilities(
+        path="/usr/bin/runsc", version="0.0~20240729.0", release=20240729,
+        flags=frozenset({"nvproxy"}), default_platform="systrap",
+        supported_drivers=("550.90.07",), subcommands=frozenset(),
+        platforms=frozenset({"systrap"}))
     facts = gather_host_facts(
-        runsc_path="/usr/bin/runsc",
-        runsc_version="0.0~20240729.0",
-        runsc_release=20240729,
-        runsc_flags=frozenset({"nvproxy"}),
-        runsc_default_platform="systrap",
-        supported_drivers=("550.90.07",),
-        cdi_dirs=[str(FIXTURES / "etc"), str(FIXTURES / "broken"), str(FIXTURES / "run")],
-        dev_root=str(_dev_root(tmp_path)),
-        proc_root=str(_proc_root(tmp_path, VERSION)),
-        runsc_platforms=frozenset({"systrap"}),
-    )
+        runsc, [str(FIXTURES / "etc"), str(FIXTURES / "broken"), str(FIXTURES / "run")],
+        dev_root=str(_dev_root(tmp_path)), proc_root=str(_proc_root(tmp_path, VERSION)))
     assert facts.driver_version == "550.90.07"
     assert set(facts.device_nodes) == {"/dev/nvidiactl", "/dev/nvidia0"}
     assert [(Path(s.path).parent.name, s.priority) for s in facts.cdi_specs] == [
@@ -81,17 +78,11 @@ def test_gather_host_facts(tmp_path: Path) -> None:
 
 
 def test_gather_host_facts_without_a_driver(tmp_path: Path) -> None:
-    facts = gather_host_facts(
-        runsc_path="runsc",
-        runsc_version="",
-        runsc_release=None,
-        runsc_flags=frozenset(),
-        runsc_default_platform=None,
-        supported_drivers=None,
-        cdi_dirs=[],
-        dev_root=str(tmp_path / "nodev"),
-        proc_root=str(_proc_root(tmp_path, None)),
-    )
+    runsc = RunscCapabilities(path="runsc", version="", release=None, flags=frozenset(),
+                              default_platform=None, supported_drivers=None,
+                              subcommands=frozenset())
+    facts = gather_host_facts(runsc, [], dev_root=str(tmp_path / "nodev"),
+                              proc_root=str(_proc_root(tmp_path, None)))
     assert (facts.driver_version, dict(facts.device_nodes), facts.cdi_specs) == (None, {}, ())
     assert facts.release_before(20240930) is None
     assert facts.runsc_label() == "runsc at runsc (version unknown)"

@@ -18,7 +18,7 @@ from shim.gpu.config import GpuConfig
 from shim.gpu.facts import HostFacts, SandboxRole
 from shim.gpu.plan import PIPELINES, plan
 from tests.unit import gpu_hosts
-from tests.unit.gpu_hosts import HOST, SPECS
+from tests.unit.gpu_hosts import HOST, SPECS, role_of
 
 # A fictional first nvproxy release: ptrace default, no driver list.
 RUNSC_2023 = dataclasses.replace(
@@ -74,6 +74,7 @@ CTL, UVM, GPU0, GPU1 = (
 def run(
     spec: dict[str, Any], host: HostFacts = HOST, config: GpuConfig = CONFIG, **kw: Any
 ) -> Any:
+    kw.setdefault("sandbox", role_of(spec))
     return plan(spec, host, config, container_id="ctr-1", **kw)
 
 
@@ -499,7 +500,7 @@ def test_flags(
 ) -> None:
     result = run(spec, host, config)
     assert result.refusals == ()
-    assert result.runsc_args() == args
+    assert [f"--{name}={value}" for name, value in result.runsc_flags.items()] == args
     assert set(result.runsc_flags) <= host.runsc_flags, "never a flag the binary lacks"
 
 
@@ -518,7 +519,8 @@ def test_warnings_that_are_not_refusals() -> None:
 
 def test_sandbox_argument_overrides_annotations() -> None:
     spec = {
-        "annotations": {"io.kubernetes.cri.container-type": "container"},
+        "annotations": {"io.kubernetes.cri.container-type": "container",
+                        "io.kubernetes.cri.sandbox-id": "pod-1"},
         "linux": {"devices": [CTL]},
     }
     inferred = run(spec)

@@ -155,10 +155,11 @@ def test_no_gpu_asked_means_no_nvproxy_and_no_nvidia_device(spec: dict[str, Any]
     assert spec == before
     assert result.refusals == ()
     assert not result.decision.gpu
-    assert "nvproxy" not in result.runsc_flags and result.runsc_args() == []
+    assert dict(result.runsc_flags) == {}
     paths = [d.get("path", "") for d in result.spec.get("linux", {}).get("devices", [])]
     assert not any(p.startswith("/dev/nvidia") for p in paths)
-    assert plan(result.spec, HOST, GpuConfig(), container_id="c").spec == result.spec
+    assert plan(result.spec, HOST, GpuConfig(), container_id="c",
+                sandbox=SandboxRole.standalone()).spec == result.spec
 
 
 gpu_device = st.one_of(
@@ -202,9 +203,11 @@ def test_plan_is_idempotent_and_keeps_only_servable_nodes(
 ) -> None:
     config = GpuConfig(nvproxy=policy)
     before = copy.deepcopy(spec)
-    first = plan(spec, HOST, config, container_id="c")
+    first = plan(spec, HOST, config, container_id="c",
+                sandbox=SandboxRole.standalone())
     assert spec == before
-    second = plan(first.spec, HOST, config, container_id="c")
+    second = plan(first.spec, HOST, config, container_id="c",
+                sandbox=SandboxRole.standalone())
     assert second.spec == first.spec
     for device in first.spec.get("linux", {}).get("devices", []):
         path = device.get("path", "")
@@ -228,5 +231,7 @@ odd_specs = st.dictionaries(section, json_values, max_size=5).map(
 @given(odd_specs)
 def test_plan_survives_malformed_specs(spec: dict[str, Any]) -> None:
     """A hand-written config.json may hold anything; plan reads, never raises."""
-    result = plan(spec, HOST, GpuConfig(), container_id="c")
-    assert plan(result.spec, HOST, GpuConfig(), container_id="c").spec == result.spec
+    result = plan(spec, HOST, GpuConfig(), container_id="c",
+                sandbox=SandboxRole.standalone())
+    assert plan(result.spec, HOST, GpuConfig(), container_id="c",
+                sandbox=SandboxRole.standalone()).spec == result.spec

@@ -12,7 +12,7 @@ from shim.gpu.config import GpuConfig
 from shim.gpu.facts import HostFacts, SandboxRole
 from shim.gpu.plan import Plan, plan
 from tests.unit import gpu_hosts
-from tests.unit.gpu_hosts import RUNSC_2026
+from tests.unit.gpu_hosts import RUNSC_2026, role_of
 
 # A runsc beside the distro's one, with a short driver list: refusals quote both.
 HOST = dataclasses.replace(
@@ -48,7 +48,8 @@ def cdi(value: str) -> dict[str, Any]:
 def run(
     spec: dict[str, Any], host: HostFacts, config: GpuConfig, role: SandboxRole | None = None
 ) -> Plan:
-    return plan(spec, host, config, container_id="job-7", sandbox=role)
+    return plan(spec, host, config, container_id="job-7",
+                sandbox=role if role is not None else role_of(spec))
 
 
 C = GpuConfig()
@@ -286,7 +287,7 @@ def test_no_driver_with_forced_abi_is_allowed() -> None:
     """The e2e path: a GPU-less host with driver_version forced starts runsc."""
     result = run(cdi("nvidia.com/gpu=0"), NO_GPU, GpuConfig(driver_version="550.90.07"))
     assert result.ok, result.refusals
-    assert result.runsc_args() == ["--nvproxy=true", "--nvproxy-driver-version=550.90.07"]
+    assert dict(result.runsc_flags) == {"nvproxy": "true", "nvproxy-driver-version": "550.90.07"}
     assert any("host has no" in w for w in result.warnings)
 
 

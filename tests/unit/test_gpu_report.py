@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-import shim.config
+import shim.config.parse
 from shim.gpu.config import GpuConfig
 from shim.gpu.doctor import Row, check_host
-from shim.gpu.facts import HostFacts
+from shim.gpu.facts import HostFacts, SandboxRole
 from shim.gpu.keys import CONFIG_KEYS
 from shim.gpu.plan import plan
 from shim.gpu.report import render_json, render_text, spec_diff
@@ -31,7 +31,8 @@ ARGV = ["/usr/bin/runsc", "--root=/run/x", "--nvproxy=true", "create", "--bundle
 
 
 def test_render_text_shows_decision_diff_and_command() -> None:
-    result = plan(SPEC, HOST, GpuConfig(), container_id="ctr")
+    result = plan(SPEC, HOST, GpuConfig(), container_id="ctr",
+                sandbox=SandboxRole.standalone())
     text = render_text(result, original_spec=SPEC, runsc_argv=ARGV)
     assert "decision:  GPU via nvproxy (mode cdi)" in text
     assert "outcome:   ok" in text
@@ -44,18 +45,19 @@ def test_render_text_shows_decision_diff_and_command() -> None:
 
 def test_render_text_refused_and_unchanged() -> None:
     spec = {"process": {"env": ["NVIDIA_VISIBLE_DEVICES=MIG-1"]}, "linux": {"devices": []}}
-    result = plan(
-        spec, dataclasses.replace(HOST, driver_version=None), GpuConfig(), container_id="m"
-    )
+    result = plan(spec, dataclasses.replace(HOST, driver_version=None), GpuConfig(),
+                  container_id="m", sandbox=SandboxRole.standalone())
     text = render_text(result, original_spec=spec, runsc_argv=["runsc", "create", "m"])
     assert "outcome:   REFUSED: runsc will not be called" in text
     assert "  x container m: it asks for MIG" in text
-    quiet = plan({}, HOST, GpuConfig(), container_id="q")
+    quiet = plan({}, HOST, GpuConfig(), container_id="q",
+                sandbox=SandboxRole.standalone())
     assert "spec changes:\n  (none)\n" in render_text(quiet, original_spec={}, runsc_argv=["runsc"])
 
 
 def test_render_json_is_json_and_complete() -> None:
-    result = plan(SPEC, HOST, GpuConfig(driver_version="550.90.07"), container_id="ctr")
+    result = plan(SPEC, HOST, GpuConfig(driver_version="550.90.07"), container_id="ctr",
+                sandbox=SandboxRole.standalone())
     doc = json.loads(json.dumps(render_json(result, original_spec=SPEC, runsc_argv=ARGV)))
     assert doc["ok"] is True
     assert doc["decision"] == {
@@ -86,7 +88,7 @@ def _rows(host: HostFacts, config: GpuConfig | None = None) -> dict[str, Row]:
 def test_doctor_all_good() -> None:
     rows = _rows(HOST)
     assert all(r.ok for r in rows.values()), [r for r in rows.values() if not r.ok]
-    assert rows["NVIDIA driver"].detail == "550.90.07"
+    assert rows["GPU container"].detail == "driver 550.90.07; runsc --nvproxy=true"
     assert rows["GPU device nodes"].detail == "/dev/nvidia0"
     assert rows["CDI devices"].detail.startswith("nvidia.com/gpu: 0, 1, GPU-")
 
@@ -102,8 +104,8 @@ def test_doctor_all_good() -> None:
             "runsc --nvproxy",
             "release-20230529.0",
         ),
-        ("unknown platform", HOST, GpuConfig(platform="xen"), "platform", "one of those"),
-        ("kvm too old", HOST, GpuConfig(platform="kvm"), "platform", "systrap"),
+        ("unknown platform", HOST, GpuConfig(platform="xen"), "GPU container", "one of those"),
+        ("kvm too old", HOST, GpuConfig(platform="kvm"), "GPU container", "systrap"),
         (
             "no driver list",
             dataclasses.replace(HOST, supported_drivers=None),
@@ -115,15 +117,15 @@ def test_doctor_all_good() -> None:
             "no driver",
             dataclasses.replace(HOST, driver_version=None),
             None,
-            "NVIDIA driver",
+            "GPU container",
             "install",
         ),
         (
             "unsupported driver",
             dataclasses.replace(HOST, driver_version="535.161.08"),
             None,
-            "NVIDIA driver",
-            "driver_version",
+            "GPU container",
+            "nvproxy_driver_version",
         ),
         (
             "no nodes",
@@ -168,13 +170,24 @@ def test_doctor_forced_driver_passes() -> None:
     rows = _rows(
         dataclasses.replace(HOST, driver_version=None), GpuConfig(driver_version="550.90.07")
     )
-    assert rows["NVIDIA driver"].ok
+    assert rows["GPU container"].ok
+    assert rows["GPU container"].detail == (
+        "driver ABI 550.90.07 (forced); runsc --nvproxy=true --nvproxy-driver-version=550.90.07")
+
+
+def test_doctor_says_what_create_would_refuse() -> None:
+    # The row's cause and fix are the planner's own words.
+    host = dataclasses.replace(HOST, driver_version="535.161.08")
+    (row,) = [r for r in check_host(host, GpuConfig()) if r.check == "GPU container"]
+    refusal = plan({"linux": {"devices": [{"path": "/dev/nvidiactl", "type": "c", "major": 195,
+                                           "minor": 255}]}}, host, GpuConfig(),
+                   container_id="doctor", sandbox=SandboxRole.standalone()).refusals[0]
+    assert refusal == f"container doctor: {row.detail}. Fix: {row.fix}."
 
 
 def test_config_keys_match_the_shim_config() -> None:
     """Refusals name TOML keys; they must be the keys shim.config reads."""
-    assert set(CONFIG_KEYS) == {f.name for f in dataclasses.fields(GpuConfig)} - {"extra"}
-    known: dict[str, tuple[str, Any]] = getattr(shim.config, "_KEYS", {})
+    assert set(CONFIG_KEYS) == {f.name for f in dataclasses.fields(GpuConfig)}
+    known: dict[str, tuple[str, Any]] = shim.config.parse._KEYS
     for field, key in CONFIG_KEYS.items():
-        if key in known:
-            assert known[key][0] == field, key
+        assert known[key][0] == field, key

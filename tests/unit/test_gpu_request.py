@@ -9,10 +9,9 @@ import pytest
 
 from shim.gpu.config import GpuConfig
 from shim.gpu.devices import default_numbers, entry_numbers, is_gpu_node
-from shim.gpu.facts import SandboxRole, driver_triple, parse_driver_version
+from shim.gpu.facts import driver_triple, parse_driver_version
 from shim.gpu.request import (
     RUNSC_DEFAULT_CAPS,
-    infer_role,
     parse_visible_devices,
     read_request,
     requested_capabilities,
@@ -215,28 +214,6 @@ def test_read_request_vendor_allow_list_is_config() -> None:
 def test_read_request_mig_env() -> None:
     req = read_request(_spec(env=["NVIDIA_MIG_CONFIG_DEVICES=all"]), {}, GpuConfig())
     assert req.mig_env == ("NVIDIA_MIG_CONFIG_DEVICES",)
-
-
-@pytest.mark.parametrize(
-    ("annotations", "expected"),
-    [
-        ({}, SandboxRole.standalone()),
-        ({"io.kubernetes.cri.container-type": "sandbox"}, SandboxRole.pod_sandbox()),
-        (
-            {"io.kubernetes.cri.container-type": "container", "io.kubernetes.cri.sandbox-id": "s1"},
-            SandboxRole.member("s1", sandbox_nvproxy=None),
-        ),
-        (
-            {
-                "io.kubernetes.cri-o.ContainerType": "container",
-                "io.kubernetes.cri-o.SandboxID": "s2",
-            },
-            SandboxRole.member("s2", sandbox_nvproxy=None),
-        ),
-    ],
-)
-def test_infer_role(annotations: dict[str, str], expected: SandboxRole) -> None:
-    assert infer_role(_spec(annotations=annotations)) == expected
 
 
 @pytest.mark.parametrize(

@@ -19,7 +19,6 @@ from pathlib import Path
 import betterproto
 import pytest
 
-from shim import kubelet
 from shim.api.k8s.podresources.v1 import (
     CdiDevice,
     ClaimResource,
@@ -31,6 +30,7 @@ from shim.api.k8s.podresources.v1 import (
     PodResources,
     PodResourcesListerStub,
 )
+from shim.kube import kubelet
 from tests.e2e.podresources_stub import (
     PodResourcesStub,
     dra_claim,
@@ -130,9 +130,9 @@ def test_method_paths_are_the_kubelets() -> None:
 
 
 def test_importing_kubelet_helper_stays_cheap() -> None:
-    # The daemon may import shim.kubelet on its start path; grpclib and h2 load
+    # The daemon may import shim.kube.kubelet on its start path; grpclib and h2 load
     # only when the kubelet is asked.
-    code = ("import sys, shim.kubelet\n"
+    code = ("import sys, shim.kube.kubelet\n"
             "print(sorted(m for m in sys.modules if m.startswith(('grpclib', 'h2', "
             "'shim.api.k8s'))))")
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
@@ -169,7 +169,7 @@ async def test_lookup_asks_get_then_list(sock_path: Path, get_supported: bool, n
 @pytest.mark.asyncio
 async def test_pod_gpu_devices_logs_the_answer(sock_path: Path,
                                                caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="shim.kubelet")
+    caplog.set_level(logging.INFO, logger="shim.kube.kubelet")
     async with serving(sock_path, PodResourcesStub([GPU_POD])):
         devices = await kubelet.pod_gpu_devices(str(sock_path), "trainer", "ml")
     assert devices == ["GPU-aaaa", "GPU-bbbb"]
@@ -204,7 +204,7 @@ async def test_unreachable_kubelet_is_none_with_reason(
         reason: str) -> None:
     if callable(make):
         make(sock_path)
-    caplog.set_level(logging.INFO, logger="shim.kubelet")
+    caplog.set_level(logging.INFO, logger="shim.kube.kubelet")
     assert await kubelet.pod_gpu_devices(str(sock_path), "trainer", "ml") is None
     [record] = caplog.records
     assert record.levelname == level

@@ -15,7 +15,7 @@ import pytest
 import pytest_asyncio
 
 from shim import runsc
-from shim.reaper import get_reaper
+from shim.daemon.reaper import Reaper
 from shim.runsc import (
     CheckpointOptions,
     CreateOptions,
@@ -24,7 +24,6 @@ from shim.runsc import (
     ExecOptions,
     GlobalOptions,
     KillOptions,
-    ListOptions,
     PauseOptions,
     PsOptions,
     ResumeOptions,
@@ -36,6 +35,7 @@ from shim.runsc import (
     Subcommand,
     WaitOptions,
 )
+from shim.task.errors import wire_status
 from shim.ttrpc.status import Code
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
@@ -136,10 +136,6 @@ def test_subcommand_argv(desc: str, sub: Subcommand, expected: list[str]) -> Non
     assert runsc.argv(G, sub, "c") == ["runsc", "--root=/r", *expected]
 
 
-def test_list_has_no_container_id() -> None:
-    assert runsc.argv(G, ListOptions(), "") == ["runsc", "--root=/r", "list", "--format=json"]
-
-
 # --------------------------------------------------------------------------- errors
 
 ARGV = ("/usr/bin/runsc", "--root=/r", "--log=/b/log.json", "start", "c")
@@ -166,7 +162,7 @@ def test_error_message(desc: str, code: int | None, stderr: str, log_msg: str | 
     err = RunscError(ARGV, code, stderr.encode(), log_msg)
     assert str(err) == expected
     assert err.message == expected
-    assert err.code == Code.UNKNOWN
+    assert wire_status(err) == Code.UNKNOWN
 
 
 def test_error_sandbox_eof_hint() -> None:
@@ -187,7 +183,7 @@ def test_error_sandbox_eof_hint() -> None:
 def test_error_classification(reason: str, not_found: bool, unavailable: bool) -> None:
     err = RunscError(ARGV, 128, b"", reason)
     assert (err.not_found, err.exit_status_unavailable) == (not_found, unavailable)
-    assert err.code == (Code.NOT_FOUND if not_found else Code.UNKNOWN)
+    assert wire_status(err) == (Code.NOT_FOUND if not_found else Code.UNKNOWN)
 
 
 def _rec(msg: str, level: str = "error") -> str:
@@ -314,7 +310,7 @@ def test_check_flags_names_flag_and_version() -> None:
         "release-20230529.0), --made-up; upgrade runsc or remove the flag from the runtime "
         "config")
     assert info.value.flags == ("nvproxy", "made-up")
-    assert info.value.code == Code.FAILED_PRECONDITION
+    assert wire_status(info.value) == Code.FAILED_PRECONDITION
 
 
 def test_check_global_options() -> None:
@@ -325,24 +321,19 @@ def test_check_global_options() -> None:
         runsc.check_flags(_caps(20221219), opts.flag_names())
 
 
-def test_filter_flags() -> None:
-    new = _caps(20240729)
-    kept, dropped = runsc.filter_flags(new, {"nvproxy": "true",
-                                             "nvproxy-allowed-driver-capabilities": "all"})
-    assert kept == {"nvproxy": "true"}
-    assert dropped == ("nvproxy-allowed-driver-capabilities",)
-    assert new.nvproxy and not _caps(20221219).nvproxy
+def test_nvproxy_capability() -> None:
+    assert _caps(20240729).nvproxy and not _caps(20221219).nvproxy
 
 
 # --------------------------------------------------------------------------- runner
 
 
 @pytest_asyncio.fixture
-async def reaper() -> AsyncIterator[None]:
-    r = get_reaper()
+async def reaper() -> AsyncIterator[Reaper]:
+    r = Reaper()
     r.install(asyncio.get_running_loop(), subreaper=False)
     try:
-        yield
+        yield r
     finally:
         r.uninstall()
 
@@ -361,7 +352,6 @@ printf '%s\0' "$@" > "$(dirname "$0")/argv"
 case $cmd in
   state) printf '{"ociVersion":"1.2.0","id":"c","status":"running","pid":42,"bundle":"/b",
     "annotations":{"k":"v"}}';;
-  list) printf '[{"ociVersion":"1.2.0","id":"c","status":"created","pid":7,"bundle":"/b"}]';;
   ps) echo '[1,2]';;
   wait) echo '{"id":"c","exitStatus":137}';;
   events) echo '{"type":"stats","id":"c","data":{"pids":{"current":2}}}';;
@@ -386,10 +376,10 @@ exit 128
 """
 
 
-@pytest.fixture
-def fake(tmp_path: Path) -> Runsc:
+@pytest_asyncio.fixture
+async def fake(reaper: Reaper, tmp_path: Path) -> Runsc:
     return Runsc(GlobalOptions(binary=_script(tmp_path / "runsc", FAKE), root="/r",
-                               log=str(tmp_path / "log.json")))
+                               log=str(tmp_path / "log.json")), reaper)
 
 
 def _argv(tmp_path: Path) -> list[str]:
@@ -397,7 +387,7 @@ def _argv(tmp_path: Path) -> list[str]:
 
 
 @pytest.mark.asyncio
-async def test_runner_parses_json(reaper: None, fake: Runsc, tmp_path: Path) -> None:
+async def test_runner_parses_json(reaper: Reaper, fake: Runsc, tmp_path: Path) -> None:
     state = await fake.state("c")
     assert state == runsc.ContainerState(id="c", status="running", pid=42, bundle="/b",
                                          oci_version="1.2.0", annotations={"k": "v"})
@@ -406,8 +396,6 @@ async def test_runner_parses_json(reaper: None, fake: Runsc, tmp_path: Path) -> 
     assert await fake.ps("c") == [1, 2]
     assert await fake.wait("c") == 137
     assert await fake.stats("c") == {"pids": {"current": 2}}
-    assert [s.id for s in await fake.list_containers()] == ["c"]
-    assert _argv(tmp_path)[-2:] == ["list", "--format=json"]
 
 
 @pytest.mark.asyncio
@@ -427,14 +415,14 @@ async def test_runner_parses_json(reaper: None, fake: Runsc, tmp_path: Path) -> 
         (lambda r: r.wait("c", WaitOptions(pid=5)), ["wait", "--pid=5", "c"]),
     ],
 )
-async def test_runner_argv(reaper: None, fake: Runsc, tmp_path: Path, call: object,
+async def test_runner_argv(reaper: Reaper, fake: Runsc, tmp_path: Path, call: object,
                            expected: list[str]) -> None:
     await call(fake)  # type: ignore[operator]
     assert _argv(tmp_path)[3:] == expected
 
 
 @pytest.mark.asyncio
-async def test_exec_writes_process_and_reads_pids(reaper: None, fake: Runsc,
+async def test_exec_writes_process_and_reads_pids(reaper: Reaper, fake: Runsc,
                                                   tmp_path: Path) -> None:
     process = {"args": ["sh", "-c", "true"], "cwd": "/", "env": ["PATH=/bin"]}
     started = await fake.exec("c", process)
@@ -447,7 +435,7 @@ async def test_exec_writes_process_and_reads_pids(reaper: None, fake: Runsc,
 
 
 @pytest.mark.asyncio
-async def test_exec_keeps_given_pid_files(reaper: None, fake: Runsc, tmp_path: Path) -> None:
+async def test_exec_keeps_given_pid_files(reaper: Reaper, fake: Runsc, tmp_path: Path) -> None:
     started = await fake.exec("c", {"args": ["true"]}, pid_file=str(tmp_path / "e.pid"),
                               internal_pid_file=str(tmp_path / "e.ipid"))
     assert started.pid == int((tmp_path / "e.pid").read_text())
@@ -455,7 +443,7 @@ async def test_exec_keeps_given_pid_files(reaper: None, fake: Runsc, tmp_path: P
 
 
 @pytest.mark.asyncio
-async def test_stdio_is_handed_to_the_child(reaper: None, fake: Runsc) -> None:
+async def test_stdio_is_handed_to_the_child(reaper: Reaper, fake: Runsc) -> None:
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
     try:
@@ -470,10 +458,10 @@ async def test_stdio_is_handed_to_the_child(reaper: None, fake: Runsc) -> None:
 
 
 @pytest.mark.asyncio
-async def test_failure_reads_the_log(reaper: None, tmp_path: Path) -> None:
+async def test_failure_reads_the_log(reaper: Reaper, tmp_path: Path) -> None:
     log = tmp_path / "log.json"
     log.write_text(_rec("an older failure"))
-    r = Runsc(GlobalOptions(binary=_script(tmp_path / "runsc", FAIL), log=str(log)))
+    r = Runsc(GlobalOptions(binary=_script(tmp_path / "runsc", FAIL), log=str(log)), reaper)
     with pytest.raises(RunscError) as info:
         await r.kill("c", KillOptions(signal=9))
     err = info.value
@@ -481,23 +469,23 @@ async def test_failure_reads_the_log(reaper: None, tmp_path: Path) -> None:
     assert err.returncode == 128
     assert err.argv[-3:] == ("kill", "c", "9")
     assert err.stderr == 'loading container "c": file does not exist\n'
-    assert err.not_found and err.code == Code.NOT_FOUND
+    assert err.not_found and wire_status(err) == Code.NOT_FOUND
 
 
 @pytest.mark.asyncio
-async def test_failure_with_stdio_still_explained(reaper: None, tmp_path: Path) -> None:
+async def test_failure_with_stdio_still_explained(reaper: Reaper, tmp_path: Path) -> None:
     # runsc's stderr is the container's here; only the log can explain.
     r = Runsc(GlobalOptions(binary=_script(tmp_path / "runsc", FAIL),
-                            log=str(tmp_path / "log.json")))
+                            log=str(tmp_path / "log.json")), reaper)
     with pytest.raises(RunscError, match="file does not exist") as info:
         await r.create("c", CreateOptions(bundle="/b"), Stdio())
     assert info.value.stderr == ""
 
 
 @pytest.mark.asyncio
-async def test_failure_without_log_uses_stderr(reaper: None, tmp_path: Path) -> None:
+async def test_failure_without_log_uses_stderr(reaper: Reaper, tmp_path: Path) -> None:
     r = Runsc(GlobalOptions(binary=_script(tmp_path / "runsc", "echo 'flag provided but not "
-                                           "defined: -bogus' >&2; exit 2")))
+                                           "defined: -bogus' >&2; exit 2")), reaper)
     with pytest.raises(RunscError) as info:
         await r.start("c")
     assert str(info.value) == "runsc start failed: flag provided but not defined: -bogus"
@@ -505,17 +493,17 @@ async def test_failure_without_log_uses_stderr(reaper: None, tmp_path: Path) -> 
 
 
 @pytest.mark.asyncio
-async def test_bad_wait_output(reaper: None, tmp_path: Path) -> None:
-    r = Runsc(GlobalOptions(binary=_script(tmp_path / "runsc", "echo not json")))
+async def test_bad_wait_output(reaper: Reaper, tmp_path: Path) -> None:
+    r = Runsc(GlobalOptions(binary=_script(tmp_path / "runsc", "echo not json")), reaper)
     with pytest.raises(RunscError, match="unexpected output b'not json"):
         await r.wait("c")
 
 
 @pytest.mark.asyncio
-async def test_timeout_kills_the_child(reaper: None, tmp_path: Path) -> None:
+async def test_timeout_kills_the_child(reaper: Reaper, tmp_path: Path) -> None:
     pidfile = tmp_path / "pid"
     r = Runsc(GlobalOptions(binary=_script(tmp_path / "runsc", f"echo $$ > {pidfile}; "
-                                           "exec sleep 30")), timeout=0.3)
+                                           "exec sleep 30")), reaper, timeout=0.3)
     with pytest.raises(RunscError, match=r"no answer within 0\.3 s; killed it") as info:
         await r.state("c")
     assert info.value.returncode is None
@@ -524,10 +512,10 @@ async def test_timeout_kills_the_child(reaper: None, tmp_path: Path) -> None:
 
 
 @pytest.mark.asyncio
-async def test_cancelled_wait_kills_the_child(reaper: None, tmp_path: Path) -> None:
+async def test_cancelled_wait_kills_the_child(reaper: Reaper, tmp_path: Path) -> None:
     pidfile = tmp_path / "pid"
     r = Runsc(GlobalOptions(binary=_script(tmp_path / "runsc", f"echo $$ > {pidfile}; "
-                                           "exec sleep 30")))
+                                           "exec sleep 30")), reaper)
     task = asyncio.create_task(r.wait("c"))
     while not pidfile.exists() or not pidfile.read_text().strip():
         await asyncio.sleep(0.01)
@@ -535,7 +523,7 @@ async def test_cancelled_wait_kills_the_child(reaper: None, tmp_path: Path) -> N
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    code = await get_reaper().watch(pid)
+    code = await reaper.watch(pid)
     assert code == 128 + signal.SIGKILL
 
 
@@ -556,10 +544,11 @@ esac
 
 
 @pytest.mark.asyncio
-async def test_probe_stand_in_and_cache(reaper: None, tmp_path: Path) -> None:
+async def test_probe_stand_in_and_cache(reaper: Reaper, tmp_path: Path) -> None:
     (tmp_path / "flags.txt").write_text((FIXTURES / "runsc-flags-20240729.txt").read_text())
     binary = _script(tmp_path / "runsc", FAKE_RUNSC)
-    caps = await runsc.probe(binary)
+    cache = runsc.ProbeCache(str(tmp_path / "cache"))
+    caps = await runsc.probe(binary, reaper, cache)
     assert caps.path == binary
     assert (caps.version, caps.release) == ("0.0~20240729.0", 20240729)
     assert caps.default_platform == "systrap"
@@ -568,29 +557,35 @@ async def test_probe_stand_in_and_cache(reaper: None, tmp_path: Path) -> None:
     assert caps.supported_drivers == ("535.104.12", "535.129.03", "550.54.15", "550.90.07")
     assert caps.subcommands == {"create", "nvproxy"}
     assert caps.platforms == frozenset({"ptrace", "kvm", "systrap"})
-    assert await runsc.probe(binary) is caps
-    assert runsc.probe_sync(binary) is caps
+    assert await runsc.probe(binary, reaper, cache) is caps
+    # Another process (a new daemon) finds it on disk without running runsc.
+    (tmp_path / "flags.txt").unlink()
+    assert await runsc.probe(binary, reaper, runsc.ProbeCache(str(tmp_path / "cache"))) == caps
     # A changed binary is probed again.
     (tmp_path / "flags.txt").write_text((FIXTURES / "runsc-flags-20221219.txt").read_text())
     _script(tmp_path / "runsc", FAKE_RUNSC.replace("nvproxy)", "nvproxy) exit 128;;\n  x)"))
-    again = await runsc.probe(binary)
+    again = await runsc.probe(binary, reaper, cache)
     assert again is not caps
     assert again.supported_drivers is None and not again.nvproxy
     assert again.default_platform == "ptrace"
 
 
-def test_probe_sync_stand_in(tmp_path: Path) -> None:
+@pytest.mark.asyncio
+async def test_probe_old_build(reaper: Reaper, tmp_path: Path) -> None:
     (tmp_path / "flags.txt").write_text((FIXTURES / "runsc-flags-20221219.txt").read_text())
-    caps = runsc.probe_sync(_script(tmp_path / "runsc", FAKE_RUNSC.replace(r"\tnvproxy  n", "")))
+    caps = await runsc.probe(_script(tmp_path / "runsc", FAKE_RUNSC.replace(r"\tnvproxy  n", "")),
+                             reaper, runsc.ProbeCache(None))
     assert caps.supported_drivers is None
     assert caps.has_flag("--debug") and not caps.has_flag("nvproxy")
     assert caps.platforms == frozenset({"ptrace", "kvm", "systrap"})
 
 
+@pytest.mark.asyncio
 @pytest.mark.parametrize("body", ["true", "echo 'Usage: other-tool' >&2; exit 1"])
-def test_probe_refuses_what_is_not_runsc(tmp_path: Path, body: str) -> None:
+async def test_probe_refuses_what_is_not_runsc(reaper: Reaper, tmp_path: Path,
+                                               body: str) -> None:
     with pytest.raises(runsc.RunscNotFound, match="does not answer like runsc"):
-        runsc.probe_sync(_script(tmp_path / "runsc", body))
+        await runsc.probe(_script(tmp_path / "runsc", body), reaper, runsc.ProbeCache(None))
 
 
 @pytest.mark.parametrize(

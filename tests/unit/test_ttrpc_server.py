@@ -12,6 +12,7 @@ import pytest
 import pytest_asyncio
 
 from shim.errors import NotFound
+from shim.task.errors import wire_status
 from shim.ttrpc import codec
 from shim.ttrpc import server as server_module
 from shim.ttrpc.client import Client, ClosedError, DeadlineExceededError
@@ -103,7 +104,7 @@ class Env:
 @pytest_asyncio.fixture
 async def env() -> AsyncIterator[Env]:
     handlers = Handlers()
-    server = Server()
+    server = Server(error_status=wire_status)
     server.register_service([SVC, V3], handlers.table())
     async with serving(server) as path:
         env = Env(server, path, handlers)

@@ -1,4 +1,4 @@
-"""The ``start`` side of the forkserver (see ``shim.forkserver``): find it, ask
+"""The ``start`` side of the forkserver (see ``shim.manager.forkserver``): find it, ask
 it for a daemon, or launch it. Only light modules: ``start`` imports this on
 containerd's critical path."""
 
@@ -20,7 +20,8 @@ _REQUEST_TIMEOUT = 2.0
 
 def _code_stamp() -> str:
     h = hashlib.sha256(sys.executable.encode())
-    stack = [os.path.dirname(os.path.abspath(__file__))]
+    # The whole `shim` package: a daemon forked from old code must never serve.
+    stack = [os.path.dirname(os.path.dirname(os.path.abspath(__file__)))]
     while stack:
         with os.scandir(stack.pop()) as entries:
             for entry in sorted(entries, key=lambda e: e.name):
@@ -52,14 +53,14 @@ def request_daemon(path: str, params: dict[str, Any], listen_fd: int, log_fd: in
         return False
 
 
-def spawn_forkserver(path: str, containerd_pid: int) -> None:
+def spawn_forkserver(path: str, address: str, containerd_pid: int) -> None:
     """Start one in the background (detached, nothing inherited); never waits."""
     import contextlib
     import subprocess
 
     with contextlib.suppress(OSError):
         subprocess.Popen(
-            [sys.executable, "-m", "shim.forkserver", path, str(containerd_pid)],
+            [sys.executable, "-m", "shim.manager.forkserver", path, address, str(containerd_pid)],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True, close_fds=True, cwd="/",
         )

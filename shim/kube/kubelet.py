@@ -44,7 +44,7 @@ __all__ = [
     "pod_gpu_devices",
 ]
 
-log = logging.getLogger("shim.kubelet")
+log = logging.getLogger("shim.kube.kubelet")
 
 DEFAULT_SOCKET = "/var/lib/kubelet/pod-resources/kubelet.sock"
 GPU_VENDORS: tuple[str, ...] = ("nvidia.com",)

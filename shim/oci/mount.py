@@ -12,6 +12,8 @@ import os
 from collections.abc import Sequence
 from typing import NamedTuple
 
+from shim.errors import InvalidArgument
+
 __all__ = ["MountSpec", "mount_rootfs", "unmount_all"]
 
 # mount(2) flag bits (linux/mount.h).
@@ -86,7 +88,7 @@ def mount_rootfs(mounts: Sequence[MountSpec], rootfs: str) -> None:
     done: list[str] = []
     try:
         for m in mounts:
-            target = os.path.join(rootfs, m.target.lstrip("/")) if m.target else rootfs
+            target = _inside(rootfs, m.target)
             flags, data = _parse_options(m.options)
             fstype = "" if flags & _MS_BIND else m.type
             _mount(m.source, target, fstype, flags, data)
@@ -97,6 +99,20 @@ def mount_rootfs(mounts: Sequence[MountSpec], rootfs: str) -> None:
         for target in reversed(done):
             unmount_all(target)
         raise
+
+
+def _inside(rootfs: str, target: str) -> str:
+    """The mount point for ``target`` under ``rootfs``; refused if it would land
+    outside (``..``, or a symlink in the image pointing elsewhere)."""
+    if not target:
+        return rootfs
+    path = os.path.join(rootfs, target.lstrip("/"))
+    root = os.path.realpath(rootfs)
+    real = os.path.realpath(path)
+    if real != root and not real.startswith(root + os.sep):
+        raise InvalidArgument(f"rootfs mount target {target!r} resolves to {real}, outside the "
+                              f"container's rootfs {root}")
+    return real
 
 
 def unmount_all(target: str) -> None:

@@ -21,15 +21,15 @@ import tomllib
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from shim.commands._host import probe_runsc, with_reaper
 from shim.config import RuntimeConfig, load_file
 from shim.gpu.detect import gather_host_facts
 from shim.gpu.doctor import Row, check_host
-from shim.runsc import RunscCapabilities, probe_sync, resolve_binary
+from shim.manager.main import NAME, RUNTIME
+from shim.runsc import RunscCapabilities
 
 __all__ = ["run_doctor"]
 
-RUNTIME_TYPE = "io.containerd.gvisorgpu.v1"
-SHIM_BINARY = "containerd-shim-gvisorgpu-v1"
 _TRIAL_TIMEOUT = 20.0
 
 
@@ -84,8 +84,8 @@ def _runtimes(config: Mapping[str, Any]) -> Iterator[tuple[str, Mapping[str, Any
 
 def containerd_rows(path: str) -> list[Row]:
     rows = []
-    on_path = shutil.which(SHIM_BINARY)
-    rows.append(Row("shim on PATH", bool(on_path), on_path or f"{SHIM_BINARY} not found",
+    on_path = shutil.which(NAME)
+    rows.append(Row("shim on PATH", bool(on_path), on_path or f"{NAME} not found",
                     "" if on_path else "put the shim on containerd's PATH, or set runtime_path"))
     try:
         with open(path, "rb") as f:
@@ -95,11 +95,11 @@ def containerd_rows(path: str) -> list[Row]:
                            "see scripts/kubernetes/ for the config fragment")]
     except (OSError, tomllib.TOMLDecodeError) as e:
         return [*rows, Row("containerd config", False, f"{path}: {e}", "fix the TOML syntax")]
-    handlers = [name for name, rt in _runtimes(config) if rt.get("runtime_type") == RUNTIME_TYPE]
+    handlers = [name for name, rt in _runtimes(config) if rt.get("runtime_type") == RUNTIME]
     if handlers:
         return [*rows, Row("containerd runtime", True, f"handler(s) {', '.join(handlers)}")]
     return [*rows, Row("containerd runtime", False,
-                       f"no CRI runtime with runtime_type = {RUNTIME_TYPE!r} in {path}",
+                       f"no CRI runtime with runtime_type = {RUNTIME!r} in {path}",
                        "add the runtime fragment from the README to containerd's config")]
 
 
@@ -113,12 +113,8 @@ def _print(rows: list[Row]) -> None:
 
 def run_doctor(args: argparse.Namespace) -> int:
     config = load_file(args.config) if args.config else RuntimeConfig()
-    caps = probe_sync(resolve_binary(config.binary_name))
-    host = gather_host_facts(
-        runsc_path=caps.path, runsc_version=caps.version, runsc_release=caps.release,
-        runsc_flags=caps.flags, runsc_default_platform=caps.default_platform,
-        supported_drivers=caps.supported_drivers, cdi_dirs=config.gpu.cdi_dirs,
-        runsc_platforms=caps.platforms)
+    caps = with_reaper(lambda reaper: probe_runsc(config.binary_name, reaper))
+    host = gather_host_facts(caps, config.gpu.cdi_dirs)
     rows = check_host(host, config.gpu)
     rows.append(platform_trial(caps, config.platform))
     rows += containerd_rows(args.containerd_config or "/etc/containerd/config.toml")

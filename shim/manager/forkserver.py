@@ -8,15 +8,18 @@ imports everything once and then waits. Every later ``start`` hands it the
 listening socket (SCM_RIGHTS) and it forks a daemon that is ready at once.
 
 Lifetime: it exits when the containerd that started it exits (a pidfd becomes
-readable), or after ``IDLE_EXIT`` without a request, so it never outlives the
-daemon it serves. Each daemon is double-forked so it is not this process's
-child: it outlives a forkserver exit just as a daemon forked by ``start`` does.
+readable), or after ``IDLE_EXIT`` without a request. A daemon is forked once
+and starts its own session; it does not depend on this process staying
+alive, so it outlives a forkserver exit just as a daemon forked by ``start``
+does. SIGCHLD is ignored here, so the kernel reaps daemons that exit first.
 
 Code changes: the socket name hashes the shim's source files' mtimes, so an
 upgraded shim never gets a daemon forked from old code.
 
-Protocol (unix stream, same uid only): one request, JSON plus two fds (the
-listening socket, the log FIFO or -1), answered ``ok`` or ``error: …``.
+Protocol (unix stream, same uid only): one request, the ``repr()`` of a dict
+of plain values (read back with ``ast.literal_eval``: no json import on the
+client's path) plus one or two fds (the listening socket, the log FIFO when
+there is one), answered ``ok`` or ``error: …``.
 """
 
 from __future__ import annotations
@@ -64,23 +67,26 @@ def _fork_daemon(params: dict[str, Any], fds: list[int], keep_closed: list[int])
                 os.close(fd)
         os.environ.update(params.get("env") or {})
         os.chdir(params["bundle"])
-        from shim.cli import run_daemon
+        from shim.manager.start import become_daemon
 
         sock = socket.socket(fileno=fds[0])
-        run_daemon(params, sock, fds[1] if len(fds) > 1 else -1)
+        become_daemon(params, sock, fds[1] if len(fds) > 1 else -1)
     finally:
         os._exit(1)
 
 
-def serve(path: str, containerd_pid: int) -> None:
+def serve(path: str, address: str, containerd_pid: int) -> None:
     import fcntl
     import select
 
+    from shim.manager.title import forkserver_title, set_title
+
+    set_title(forkserver_title(address, containerd_pid))
     # Import what a daemon needs before the first request: that is the point.
-    import shim.daemon
+    import shim.daemon.serve
     import shim.task.create
 
-    shim.daemon.warm_up()
+    shim.daemon.serve.warm_up()
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)
 
     try:
@@ -131,4 +137,4 @@ def _handle(conn: socket.socket, keep_closed: list[int]) -> None:
 
 
 if __name__ == "__main__":
-    serve(sys.argv[1], int(sys.argv[2]))
+    serve(sys.argv[1], sys.argv[2], int(sys.argv[3]))

@@ -26,7 +26,7 @@ from shim.ttrpc.status import RpcError
 
 __all__ = ["Publisher"]
 
-log = logging.getLogger("shim.events")
+log = logging.getLogger("shim.daemon.events")
 
 _SERVICE = "containerd.services.events.ttrpc.v1.Events"
 _NAMESPACE_KEY = "containerd-namespace-ttrpc"

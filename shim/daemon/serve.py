@@ -13,9 +13,11 @@ import os
 import signal
 import socket
 
-from shim import log as shim_log
-from shim import reaper
-from shim.events import Publisher
+from shim.daemon import log as shim_log
+from shim.daemon.events import Publisher
+from shim.daemon.reaper import Reaper
+from shim.runsc import ProbeCache
+from shim.task.errors import wire_status
 from shim.task.service import SERVICE_NAMES, TaskService
 from shim.ttrpc.server import Server
 
@@ -43,9 +45,6 @@ def serve(sock: socket.socket, *, namespace: str, address: str, container_id: st
           socket_file: str, debug: bool) -> int:
     shim_log.setup(logging.DEBUG if debug else logging.INFO, runtime="io.containerd.gvisorgpu.v1",
                    namespace=namespace)
-    # A log FIFO without a reader (containerd restarting) must not kill or
-    # stall the shim with logging tracebacks.
-    logging.raiseExceptions = False
     ttrpc_address = os.environ.get("TTRPC_ADDRESS") or f"{address}.ttrpc"
     try:
         asyncio.run(_serve(sock, namespace, ttrpc_address, socket_file))
@@ -59,12 +58,13 @@ def serve(sock: socket.socket, *, namespace: str, address: str, container_id: st
 async def _serve(sock: socket.socket, namespace: str, ttrpc_address: str,
                  socket_file: str) -> None:
     loop = asyncio.get_running_loop()
-    reaper.get_reaper().install(loop)
+    reaper = Reaper()
+    reaper.install(loop)
     publisher = Publisher(ttrpc_address, namespace)
     publisher.start()
     stop = asyncio.Event()
-    service = TaskService(namespace, publisher, stop)
-    server = Server()
+    service = TaskService(namespace, publisher, stop, reaper, ProbeCache())
+    server = Server(error_status=wire_status)
     server.register_service(SERVICE_NAMES, service.handlers())
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)

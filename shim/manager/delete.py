@@ -17,9 +17,15 @@ import os
 import sys
 import time
 
+from shim.manager.address import connectable, socket_path
+from shim.oci.layout import PID_FILE, STATE_FILE
+
+TYPE_CHECKING = False  # True for type checkers only
+if TYPE_CHECKING:
+    from shim.manager.flags import ShimFlags
+
 __all__ = ["delete_action", "encode_delete_response"]
 
-_STATE_FILE = "gvisorgpu-shim.json"  # written by shim.task.container at Create
 _KILLED = 128 + 9
 # containerd gives the whole ``delete`` action 5 s.
 _RUNSC_TIMEOUT = 4.0
@@ -40,7 +46,12 @@ def _varint(value: int) -> bytes:
 
 def encode_delete_response(pid: int, exit_status: int, exited_at: float) -> bytes:
     """containerd.task.v2.DeleteResponse: pid=1, exit_status=2, exited_at=3
-    (google.protobuf.Timestamp seconds=1, nanos=2). Defaults are omitted."""
+    (google.protobuf.Timestamp seconds=1, nanos=2). Defaults are omitted.
+
+    Encoded by hand on purpose: this action runs at every container teardown,
+    and importing betterproto with the generated task API would cost this
+    process ~150 ms; three varint fields are the whole message. The unit tests
+    decode it with the generated type to keep the two in agreement."""
     seconds = int(exited_at)
     nanos = int((exited_at - seconds) * 1e9)
     ts = b""
@@ -58,7 +69,7 @@ def encode_delete_response(pid: int, exit_status: int, exited_at: float) -> byte
 
 def _read_pid(bundle: str) -> int:
     try:
-        with open(os.path.join(bundle, "init.pid")) as f:
+        with open(os.path.join(bundle, PID_FILE)) as f:
             return int(f.read().strip())
     except (OSError, ValueError):
         return 0
@@ -69,7 +80,7 @@ def _runsc_delete(bundle: str, container_id: str) -> None:
     import subprocess
 
     try:
-        with open(os.path.join(bundle, _STATE_FILE)) as f:
+        with open(os.path.join(bundle, STATE_FILE)) as f:
             state = json.load(f)
     except (OSError, ValueError):
         return
@@ -127,16 +138,24 @@ def _mounted(path: str) -> bool:
         return True  # cannot tell: let unmount_all find out
 
 
-def delete_action(bundle: str, container_id: str, *, socket_file: str) -> bytes:
-    if os.path.exists(os.path.join(bundle, _STATE_FILE)):
+def delete_action(flags: ShimFlags) -> int:
+    bundle = flags.bundle or os.getcwd()
+    answer = clean_up(bundle, flags.id,
+                      socket_file=socket_path(flags.address, flags.namespace, flags.id))
+    sys.stdout.buffer.write(answer)
+    sys.stdout.flush()
+    return 0
+
+
+def clean_up(bundle: str, container_id: str, *, socket_file: str) -> bytes:
+    """Remove what is left of one container; the serialized DeleteResponse."""
+    if os.path.exists(os.path.join(bundle, STATE_FILE)):
         _runsc_delete(bundle, container_id)
     rootfs = os.path.join(bundle, "rootfs")
     if _mounted(rootfs):
-        from shim.mount import unmount_all
+        from shim.oci.mount import unmount_all
 
         unmount_all(rootfs)
-    from shim.cli import connectable
-
     if os.path.exists(socket_file) and not connectable(socket_file):
         try:
             os.unlink(socket_file)

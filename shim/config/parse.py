@@ -1,23 +1,11 @@
-"""Runtime configuration: containerd's options ``Any`` and a runsc.toml-style file.
+"""The runtime config file: TOML in the shape of gVisor's runsc.toml, validated.
 
-How options arrive (shim-protocol.md §5): ``CreateTaskRequest.options`` is a
-``google.protobuf.Any``. CRI sends ``runtimeoptions.v1.Options`` (type_url=1,
-config_path=2, config_body=3) for every runtime_type but runc's, and puts the
-whole ``options`` TOML table into config_body when ConfigPath is empty; ``ctr
---runtime-config-path`` sends config_path. A runc ``Options`` may also come
-(``nvidia-ctk runtime configure`` writes one); its fields are ignored with a
-warning, since they would not mean the same thing here.
-
-The file has the shape of gVisor's runsc.toml (``binary_name``, ``root``,
-``log_level``, ``log_path``, ``[runsc_config]``) plus our keys. ``network``
-defaults to ``auto`` (see :func:`resolve_network`). ``[runsc_config]`` entries
-that have a typed meaning here (debug, debug-log, platform, network, nvproxy,
+Every refusal names the key, what is wrong with it and the fix; an unknown key
+gets the closest known one. ``[runsc_config]`` entries that have a typed
+meaning here (debug, debug-log, platform, network, nvproxy,
 nvproxy-driver-version, nvproxy-allowed-driver-capabilities) are folded into
 the typed fields, so ``nvproxy = "true"`` there is ``nvproxy = "always"`` and
 the GPU planner stays the only place that adds --nvproxy.
-
-The options are decoded by hand (a dozen lines) to keep betterproto, which
-costs ~160 ms to import, off this path.
 """
 
 from __future__ import annotations
@@ -28,39 +16,23 @@ import os
 import re
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, get_args
+from typing import Any, get_args
 
+from shim.config.model import (
+    DRIVER_CAPABILITIES,
+    LOG_LEVELS,
+    NETWORK_MODES,
+    PLATFORMS,
+    Network,
+    RuntimeConfig,
+)
 from shim.errors import InvalidArgument
 from shim.gpu.config import GpuConfig, NvproxyPolicy
-from shim.runsc import NETWORKS, GlobalOptions, Network
 
-__all__ = [
-    "NetworkMode",
-    "RuntimeConfig",
-    "load_body",
-    "load_config",
-    "load_file",
-    "parse_mapping",
-    "resolve_network",
-]
+__all__ = ["load_body", "load_file", "parse_mapping"]
 
 log = logging.getLogger(__name__)
 
-NetworkMode = Literal["auto", "none", "host", "sandbox"]
-DEFAULT_ROOT = "/run/containerd/runsc"
-LOG_LEVELS = ("trace", "debug", "info", "warn", "warning", "error", "fatal", "panic")
-PLATFORMS = ("systrap", "ptrace", "kvm")
-# NVIDIA_DRIVER_CAPABILITIES values (nvidia-container-toolkit) plus "all".
-DRIVER_CAPABILITIES = ("compute", "utility", "graphics", "video", "display", "compat32",
-                       "ngx", "all")
-RUNTIME_OPTIONS_TYPE = "runtimeoptions.v1.Options"
-RUNC_OPTIONS_TYPE = "containerd.runc.v1.Options"
-# containerd.runc.v1.Options field numbers (api/types/runc/options/oci.proto).
-_RUNC_FIELDS = {1: "NoPivotRoot", 2: "NoNewKeyring", 3: "ShimCgroup", 4: "IoUid", 5: "IoGid",
-                6: "BinaryName", 7: "Root", 8: "CriuPath", 9: "SystemdCgroup",
-                10: "CriuImagePath", 11: "CriuWorkPath", 12: "TaskApiAddress",
-                13: "TaskApiVersion"}
 # containerd-shim-runsc-v1 keys that have no meaning in this shim.
 _GVISOR_ONLY = ("shim_cgroup", "io_uid", "io_gid", "grouping", "enable_hibernate_server")
 # runsc flags the shim sets itself on every call.
@@ -72,110 +44,6 @@ _SHIM_OWNED_FLAGS = {
 _FLAG_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\Z")
 _DRIVER_VERSION = re.compile(r"(\d+\.\d+(\.\d+)?|latest)\Z")
 _CDI_VENDOR = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]*\Z")
-
-
-@dataclass(frozen=True)
-class RuntimeConfig:
-    """Everything the operator decided, validated; defaults when nothing was sent."""
-
-    binary_name: str = "runsc"  # bare names are looked up on PATH (runsc.resolve_binary)
-    root: str = DEFAULT_ROOT  # the caller appends /<containerd namespace>
-    log_level: str = "info"
-    log_path: str | None = None  # shim log; %ID% expands, a trailing "/" means a directory
-    debug: bool = False  # runsc --debug
-    debug_log: str | None = None  # runsc --debug-log
-    network: NetworkMode = "auto"
-    platform: str | None = None  # None: the binary's default
-    runsc_config: Mapping[str, str] = field(default_factory=dict)  # other global flags
-    gpu: GpuConfig = field(default_factory=GpuConfig)
-    # The kubelet's PodResources socket, asked which GPUs a pod was given.
-    pod_resources_socket: str = "/var/lib/kubelet/pod-resources/kubelet.sock"
-    source: str = "<defaults>"
-    warnings: tuple[str, ...] = field(default=(), compare=False)
-
-    def runsc_root(self, namespace: str) -> str:
-        return os.path.join(self.root, namespace)
-
-    def shim_log_path(self, container_id: str) -> str | None:
-        if self.log_path is None:
-            return None
-        path = self.log_path.replace("%ID%", container_id)
-        return os.path.join(path, f"gvisorgpu-shim-{container_id}.log") if path.endswith(
-            "/") else path
-
-    def global_options(self, *, namespace: str, network: Network, log: str | None,
-                       extra: Mapping[str, str] | None = None) -> GlobalOptions:
-        """runsc's global flags for one sandbox; ``extra`` is e.g. the GPU plan's."""
-        return GlobalOptions(
-            binary=self.binary_name,
-            root=self.runsc_root(namespace),
-            log=log,
-            debug=self.debug,
-            debug_log=self.debug_log,
-            platform=self.platform,
-            network=network,
-            extra={**self.runsc_config, **(extra or {})},
-        )
-
-
-def resolve_network(mode: NetworkMode, spec: Mapping[str, Any]) -> Network:
-    """``auto``: follow the OCI spec's network namespace.
-
-    No network namespace → the host's (``host``); a namespace given by path
-    (CNI, a pod) → runsc's own stack inside it (``sandbox``); a fresh empty
-    namespace → ``none``, which gives the same loopback-only view without
-    runsc's root-netns check, which misfires on some kernels (DESIGN.md).
-    Resolve it once from the sandbox's spec and reuse it for its containers.
-    """
-    if mode != "auto":
-        return mode
-    namespaces = (spec.get("linux") or {}).get("namespaces") or []
-    netns = next((ns for ns in namespaces if ns.get("type") == "network"), None)
-    if netns is None:
-        return "host"
-    return "sandbox" if netns.get("path") else "none"
-
-
-# --------------------------------------------------------------------------- loading
-
-
-class _AnyLike(Protocol):
-    type_url: str
-    value: bytes
-
-
-def load_config(options: bytes | _AnyLike | None) -> RuntimeConfig:
-    """Config from ``CreateTaskRequest.options`` (serialized Any, or an Any object)."""
-    if options is None:
-        return RuntimeConfig()
-    if isinstance(options, bytes | bytearray | memoryview):
-        fields = _pb_fields(bytes(options), "options Any")
-        type_url, value = _pb_str(fields, 1), _pb_bytes(fields, 2)
-    else:
-        type_url, value = options.type_url, bytes(options.value)
-    name = type_url.rsplit("/", 1)[-1]
-    if not name and not value:
-        return RuntimeConfig()
-    # containerd's typeurl gives the bare proto name; tolerate a package prefix.
-    if name == RUNTIME_OPTIONS_TYPE or name.endswith("." + RUNTIME_OPTIONS_TYPE):
-        fields = _pb_fields(value, name)
-        path, body = _pb_str(fields, 2), _pb_bytes(fields, 3)
-        if path:
-            return load_file(path)
-        if body:
-            return load_body(body.decode(errors="replace"), cri_table=True)
-        return RuntimeConfig()
-    if name == RUNC_OPTIONS_TYPE:
-        set_fields = sorted(_RUNC_FIELDS.get(n, f"#{n}") for n in _pb_fields(value, name))
-        msg = (f"ignoring runc options ({', '.join(set_fields) or 'empty'}) that containerd sent:"
-               " this shim reads its settings from a TOML file; set runtime_type to "
-               "io.containerd.gvisorgpu.v1 and options ConfigPath to that file")
-        log.warning("%s", msg)
-        return RuntimeConfig(warnings=(msg,))
-    raise InvalidArgument(
-        f"unsupported runtime options type {type_url!r}; this shim accepts "
-        f"{RUNTIME_OPTIONS_TYPE} (ConfigPath = a TOML file, or the TOML table itself)"
-    )
 
 
 def load_file(path: str) -> RuntimeConfig:
@@ -320,7 +188,7 @@ _KEYS: dict[str, tuple[str, Validator]] = {
     "log_level": ("log_level", _choice(LOG_LEVELS)),
     "log_path": ("log_path", _abs_path),
     "debug": ("debug", _bool),
-    "network": ("network", _choice(get_args(NetworkMode))),
+    "network": ("network", _choice(NETWORK_MODES)),
     "platform": ("platform", _choice(PLATFORMS)),
     "gvisorPlatform": ("platform", _choice(PLATFORMS)),  # worker-pool alias
     "nvproxy": ("nvproxy", _choice(get_args(NvproxyPolicy))),
@@ -338,7 +206,7 @@ _FLAG_KEYS: dict[str, tuple[str, Validator]] = {
     "debug": ("debug", _flag_bool),
     "debug-log": ("debug_log", _abs_path),
     "platform": ("platform", _choice(PLATFORMS)),
-    "network": ("network", _choice(NETWORKS)),
+    "network": ("network", _choice(get_args(Network))),
     "nvproxy": ("nvproxy", _flag_nvproxy),
     "nvproxy-driver-version": ("driver_version", _driver_version),
     "nvproxy-allowed-driver-capabilities": ("allowed_capabilities", _flag_capabilities),
@@ -416,53 +284,3 @@ def parse_mapping(data: Mapping[str, Any], source: str) -> RuntimeConfig:
         log.warning("%s: %s", source, w)
     return RuntimeConfig(runsc_config=flags, gpu=gpu, source=source, warnings=tuple(warnings),
                          **top)
-
-
-# --------------------------------------------------------------------------- protobuf
-
-
-def _varint(data: bytes, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        if pos >= len(data) or shift > 63:
-            raise ValueError("truncated varint")
-        byte = data[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        shift += 7
-        if not byte & 0x80:
-            return result, pos
-
-
-def _pb_fields(data: bytes, what: str) -> dict[int, list[int | bytes]]:
-    """Protobuf wire format -> {field number: values}; enough for flat messages."""
-    fields: dict[int, list[int | bytes]] = {}
-    pos = 0
-    try:
-        while pos < len(data):
-            key, pos = _varint(data, pos)
-            number, wire = key >> 3, key & 7
-            value: int | bytes
-            if wire == 0:
-                value, pos = _varint(data, pos)
-            elif wire in (1, 2, 5):
-                size, pos = (8, pos) if wire == 1 else (4, pos) if wire == 5 else _varint(
-                    data, pos)
-                value, pos = data[pos:pos + size], pos + size
-                if pos > len(data):
-                    raise ValueError("truncated field")
-            else:
-                raise ValueError(f"unsupported wire type {wire}")
-            fields.setdefault(number, []).append(value)
-    except ValueError as e:
-        raise InvalidArgument(f"malformed runtime options ({what}): {e}") from None
-    return fields
-
-
-def _pb_bytes(fields: Mapping[int, list[int | bytes]], number: int) -> bytes:
-    values = [v for v in fields.get(number, ()) if isinstance(v, bytes)]
-    return values[-1] if values else b""  # proto3: the last occurrence wins
-
-
-def _pb_str(fields: Mapping[int, list[int | bytes]], number: int) -> str:
-    return _pb_bytes(fields, number).decode(errors="replace")

@@ -11,7 +11,7 @@ import logging
 import time
 from typing import Any
 
-__all__ = ["LogfmtFormatter", "setup"]
+__all__ = ["FifoHandler", "LogfmtFormatter", "setup"]
 
 _RESERVED = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None)).keys()) | {
     "message",
@@ -47,8 +47,20 @@ class LogfmtFormatter(logging.Formatter):
         return " ".join(parts)
 
 
+class FifoHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A stream handler for the log FIFO that drops what cannot be written.
+
+    When containerd restarts, the FIFO has no reader for a while; a logging
+    traceback on stderr (the same FIFO) would only fail again, and must never
+    stall or kill the shim. So this handler alone swallows its write errors,
+    rather than the process-wide ``logging.raiseExceptions`` switch."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        pass
+
+
 def setup(level: int, **static: str) -> None:
-    handler = logging.StreamHandler()
+    handler = FifoHandler()
     handler.setFormatter(LogfmtFormatter(**static))
     root = logging.getLogger()
     root.handlers[:] = [handler]
