@@ -203,14 +203,6 @@ class CpuGroups:
             return int((d / "cpuacct.usage").read_text())
         return self._v2_stat(d)["usage_usec"] * 1000
 
-    def user_sys_ns(self, child: str) -> tuple[int, int]:
-        d = self.parent / child
-        if self.version == 1:
-            return int((d / "cpuacct.usage_user").read_text()), \
-                int((d / "cpuacct.usage_sys").read_text())
-        stat = self._v2_stat(d)
-        return stat["user_usec"] * 1000, stat["system_usec"] * 1000
-
     @staticmethod
     def _v2_stat(d: Path) -> dict[str, int]:
         rows = (line.split() for line in (d / "cpu.stat").read_text().splitlines())
