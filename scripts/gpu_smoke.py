@@ -131,7 +131,7 @@ def probe_step(s: Smoke) -> Step:
 def doctor_step(s: Smoke, config: Path) -> Step:
     argv = [str(paths.SHIM), "doctor", "--config", str(config)]
     print("$ " + " ".join(argv), flush=True)
-    out = bounded.run(argv, timeout=s.budget.cap(60), env=s.daemon.env)
+    out = bounded.run(argv, timeout=s.budget.cap(45), env=s.daemon.env)
     print(out.text, end="", flush=True)
     # Rows read "ok  | FAIL" + two spaces + the check padded + two spaces + detail.
     rows = [(ln[:4].strip(), *[*ln[6:].split("  ", 1), ""][:2])
@@ -155,7 +155,7 @@ def plan_bundle_step(s: Smoke, gpu: str, config: Path) -> Step:
                                    [smi], containers.container_env(facts, gpu), annotations,
                                    timeout=30)
     return containers.plan_step(f"plan-{gpu}", paths.SHIM, bundle, config, f"plan-{gpu}",
-                                timeout=s.budget.cap(30))
+                                timeout=s.budget.cap(20))
 
 
 def containerd_step(s: Smoke) -> Step:
@@ -233,8 +233,13 @@ def smoke(args: argparse.Namespace, report: Report) -> None:
     s = Smoke(args, report, Path(runsc).resolve())
     try:
         banner("host facts")
-        report.facts = host.gather(s.runsc, paths.SHIM, timeout=s.budget.cap(30))
-        host.print_facts(report.facts)
+        report.facts = host.gather(s.runsc, paths.SHIM, timeout=s.budget.cap(20))
+        try:
+            host.print_facts(report.facts)
+        except Exception:  # printing is a courtesy: the JSON has every fact
+            traceback.print_exc(file=sys.stdout)
+        for part, error in report.facts.get("errors", {}).items():
+            print(f"could not gather the {part} facts:\n{error}")
         forced, why = forced_version(args, report.facts)
         report.facts["forced_driver_version"], report.facts["forced_why"] = forced, why
         print(f"forced ABI:      {forced or 'none'} ({why})")
@@ -244,7 +249,7 @@ def smoke(args: argparse.Namespace, report: Report) -> None:
         s.attempt("runsc-probe", probe_step, s)
         banner(f"CDI spec for this host's GPUs ({args.cdi})")
         s.attempt("cdi-spec", cdi.make_cdi, s.workdir / "cdi", args.cdi, report.facts,
-                  s.budget.cap(60))
+                  s.budget.cap(45))
         banner("the shim's doctor")
         s.attempt("doctor", doctor_step, s, as_is)
         for gpu in ("cdi", "env"):
@@ -407,7 +412,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             report.interrupted = True
         except Exception as e:  # the script's own failure: still summarise
             report.error = f"{type(e).__name__}: {e}"
-    print(report.summary(), flush=True)
+    print(report.summary(host.key_facts(report.facts)), flush=True)
     report.save()
     return report.exit_code()
 

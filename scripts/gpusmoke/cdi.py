@@ -88,7 +88,8 @@ def _from_nvidia_ctk(cdi_dir: Path, ctk: str, timeout: float) -> Step:
                 data={"source": "nvidia-ctk", "generated": str(generated), "spec": spec})
 
 
-def make_cdi(cdi_dir: Path, source: str, facts: dict[str, Any], timeout: float) -> Step:
+def make_cdi(cdi_dir: Path, source: str, facts: dict[str, Any], timeout: float,
+             dev: Path = Path("/dev")) -> Step:
     cdi_dir.mkdir(parents=True, exist_ok=True)
     note = ""
     if source in ("auto", "nvidia-ctk") and facts["nvidia_ctk"]:
@@ -98,7 +99,7 @@ def make_cdi(cdi_dir: Path, source: str, facts: dict[str, Any], timeout: float) 
         note = step.detail  # auto: fall back to the minimal spec, saying why
     elif source == "nvidia-ctk":
         return Step("cdi-spec", "failed", "nvidia-ctk is not installed")
-    nodes = device_nodes()
+    nodes = device_nodes(dev)
     spec = minimal_cdi_spec(nodes, host_mounts(facts))
     target = cdi_dir / "nvidia.json"
     target.write_text(json.dumps(spec, indent=2))

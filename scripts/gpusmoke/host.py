@@ -13,14 +13,16 @@ import platform
 import re
 import shutil
 import sys
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from gpusmoke.bounded import run
 
-__all__ = ["gather", "gvisor_evidence", "identity", "parse_driver_version", "parse_gpu_query",
-           "parse_ldconfig", "print_facts", "version_key"]
+__all__ = ["bus_key", "gather", "gpu_numbering", "gvisor_evidence", "identity", "key_facts",
+           "parse_driver_version", "parse_gpu_query", "parse_ldconfig", "print_facts",
+           "version_key"]
 
 # What compute/utility containers need from the driver's userspace (the rest of
 # what nvidia-ctk mounts is graphics, video or 32-bit).
@@ -164,30 +166,59 @@ def identity(timeout: float = 10.0) -> dict[str, Any]:
             "python": sys.version.split()[0], "dpkg": shutil.which("dpkg")}
 
 
-def _nvidia(facts: dict[str, Any], timeout: float) -> None:
-    banner = _read("/proc/driver/nvidia/version")
+def bus_key(bus_id: str) -> tuple[int, ...] | None:
+    """A PCI address as numbers: nvidia-smi writes 00000000:19:00.0, /proc 0000:19:00.0."""
+    parts = re.fullmatch(r"([0-9a-fA-F]+):([0-9a-fA-F]+):([0-9a-fA-F]+)\.([0-7])", bus_id.strip())
+    return tuple(int(x, 16) for x in parts.groups()) if parts else None
+
+
+def gpu_numbering(gpus: Sequence[dict[str, str]],
+                  proc: dict[str, dict[str, str]]) -> list[dict[str, Any]]:
+    """nvidia-smi's index (what NVIDIA_VISIBLE_DEVICES counts) against the
+    device minor the driver gave the same GPU (what /dev/nvidiaN is named by)."""
+    minors = {bus_key(bus): info.get("Device Minor") for bus, info in proc.items()}
+    rows = []
+    for g in gpus:
+        minor = minors.get(bus_key(g.get("pci.bus_id", "")))
+        rows.append({"index": g.get("index"), "bus": g.get("pci.bus_id"), "uuid": g.get("uuid"),
+                     "minor": minor, "index_is_minor": None if minor is None
+                     else minor == g.get("index")})
+    return rows
+
+
+def _nvidia_smi(facts: dict[str, Any], smi: str, timeout: float) -> None:
+    env = dict(os.environ)
+    extra = facts["nvidia_libs"]["container_ld_library_path"]
+    if extra:
+        env["LD_LIBRARY_PATH"] = ":".join(filter(None, [extra, env.get("LD_LIBRARY_PATH")]))
+    listed = run([smi, "-L"], timeout=timeout, env=env)
+    facts["host_nvidia_smi_L"] = listed.text.strip() if not listed.timed_out else listed.why()
+    query = run([smi, f"--query-gpu={GPU_QUERY}", "--format=csv,noheader"],
+                timeout=timeout, env=env)
+    facts["gpus"] = parse_gpu_query(query.stdout)
+    if not facts["gpus"]:
+        facts["gpu_query_error"] = query.why() if not query.ok else query.text.strip()
+    versions = {g["driver_version"] for g in facts["gpus"]}
+    facts["driver_version_nvidia_smi"] = versions.pop() if len(versions) == 1 else None
+
+
+def _nvidia(facts: dict[str, Any], timeout: float, proc: Path, dev: Path) -> None:
+    banner = _read(str(proc / "driver/nvidia/version"))
     facts["driver_version"] = parse_driver_version(banner)
     facts["driver_banner"] = banner.strip()
-    facts["proc_driver_gpus"] = proc_gpus()
-    facts["device_nodes"] = {p: f"{a}:{b}" for p, (a, b) in device_nodes().items()}
     machine = facts["host"]["machine"]
     cached = parse_ldconfig(run(["ldconfig", "-p"], timeout=timeout).stdout, machine)
     facts["nvidia_libs"] = find_libs(cached, machine)
+    before = {p: f"{a}:{b}" for p, (a, b) in device_nodes(dev).items()}
     smi = facts["nvidia_smi"] = find_nvidia_smi()
-    env = dict(os.environ)
-    if facts["nvidia_libs"]["container_ld_library_path"]:
-        env["LD_LIBRARY_PATH"] = ":".join(filter(None, [
-            facts["nvidia_libs"]["container_ld_library_path"], env.get("LD_LIBRARY_PATH")]))
     if smi:
-        listed = run([smi, "-L"], timeout=timeout, env=env)
-        facts["host_nvidia_smi_L"] = listed.text.strip() if not listed.timed_out else listed.why()
-        query = run([smi, f"--query-gpu={GPU_QUERY}", "--format=csv,noheader"],
-                    timeout=timeout, env=env)
-        facts["gpus"] = parse_gpu_query(query.stdout)
-        if not facts["gpus"]:
-            facts["gpu_query_error"] = query.why() if not query.ok else query.text.strip()
-        versions = {g["driver_version"] for g in facts["gpus"]}
-        facts["driver_version_nvidia_smi"] = versions.pop() if len(versions) == 1 else None
+        _nvidia_smi(facts, smi, timeout)
+    # Run as root, nvidia-smi creates missing /dev/nvidia* nodes (nvidia-modprobe).
+    facts["device_nodes"] = {p: f"{a}:{b}" for p, (a, b) in device_nodes(dev).items()}
+    if facts["device_nodes"] != before:
+        facts["device_nodes_before_nvidia_smi"] = before
+    facts["proc_driver_gpus"] = proc_gpus(proc)
+    facts["gpu_numbering"] = gpu_numbering(facts.get("gpus", []), facts["proc_driver_gpus"])
     ctk = facts["nvidia_ctk"] = shutil.which("nvidia-ctk")
     if ctk:
         facts["nvidia_ctk_version"] = _first_line(run([ctk, "--version"], timeout=timeout).text)
@@ -207,21 +238,74 @@ def _runsc(runsc: Path, timeout: float) -> dict[str, Any]:
     }
 
 
-def gather(runsc: Path, shim: Path, timeout: float = 30.0) -> dict[str, Any]:
-    facts: dict[str, Any] = {"host": identity(min(timeout, 10))}
+def _defaults(runsc: Path) -> dict[str, Any]:
+    """Every key the run reads, so a part that fails leaves the rest usable."""
+    return {
+        "host": {"uname": " ".join(platform.uname()), "kernel": platform.release(),
+                 "machine": platform.machine(), "proc_version": "", "os": "?",
+                 "cpus": os.cpu_count(), "inside_gvisor": False, "gvisor_evidence": [],
+                 "python": sys.version.split()[0], "dpkg": None},
+        "driver_version": None, "driver_banner": "", "device_nodes": {},
+        "nvidia_libs": {"ld_cache": [], "outside_ld_cache": [], "container_ld_library_path": ""},
+        "nvidia_smi": None, "proc_driver_gpus": {}, "gpu_numbering": [], "nvidia_ctk": None,
+        "runsc": {"path": str(runsc), "version": "?", "supported_drivers": None,
+                  "newest_supported": None, "supported_error": "not asked"},
+        "driver_supported": None, "container_python": "/usr/bin/python3", "shim": "?",
+    }
+
+
+def gather(runsc: Path, shim: Path, timeout: float = 30.0, *, proc: Path = Path("/proc"),
+           dev: Path = Path("/dev")) -> dict[str, Any]:
+    """Every fact; a part that raises is recorded under "errors" and the rest go on."""
+    facts = _defaults(runsc)
+
+    def host_part() -> None:
+        facts["host"] = identity(min(timeout, 10))
+
+    def runsc_part() -> None:
+        facts["runsc"] = _runsc(runsc, timeout)
+        listed = facts["runsc"]["supported_drivers"]
+        drv = facts["driver_version"] or facts.get("driver_version_nvidia_smi")
+        facts["driver_supported"] = None if drv is None or listed is None else any(
+            version_key(v) == version_key(drv) for v in listed)
+
+    def rest_part() -> None:
+        # The distribution's python3 first: it needs nothing but the root filesystem.
+        facts["container_python"] = next(
+            (p for p in ("/usr/bin/python3", "/usr/local/bin/python3") if os.access(p, os.X_OK)),
+            os.path.realpath(sys.executable))
+        facts["shim"] = _first_line(run([str(shim), "version"], timeout=timeout).text)
+
+    parts = {"host": host_part, "nvidia": lambda: _nvidia(facts, timeout, proc, dev),
+             "runsc": runsc_part, "rest": rest_part}
+    for name, part in parts.items():
+        try:
+            part()
+        except Exception:
+            facts.setdefault("errors", {})[name] = traceback.format_exc()
     facts["kernel"], facts["machine"] = facts["host"]["kernel"], facts["host"]["machine"]
-    _nvidia(facts, timeout)
-    facts["runsc"] = _runsc(runsc, timeout)
-    listed, drv = facts["runsc"]["supported_drivers"], facts["driver_version"]
-    drv = drv or facts.get("driver_version_nvidia_smi")
-    facts["driver_supported"] = None if drv is None or listed is None else any(
-        version_key(v) == version_key(drv) for v in listed)
-    # The distribution's python3 first: it needs nothing but the root filesystem.
-    facts["container_python"] = next(
-        (p for p in ("/usr/bin/python3", "/usr/local/bin/python3") if os.access(p, os.X_OK)),
-        os.path.realpath(sys.executable))
-    facts["shim"] = _first_line(run([str(shim), "version"], timeout=timeout).text)
     return facts
+
+
+def key_facts(facts: dict[str, Any]) -> list[str]:
+    """The few lines the SUMMARY opens with."""
+    if "host" not in facts:
+        return []
+    h, r = facts["host"], facts["runsc"]
+    gpus = "; ".join(f"{g['index']}: {g['name']} {g['pci.bus_id']}" for g in facts.get("gpus", []))
+    libs = facts["nvidia_libs"]
+    return [
+        f"host     {h['os']}, kernel {h['kernel']}, inside gVisor: "
+        + ("yes" if h["inside_gvisor"] else "no"),
+        f"driver   {facts['driver_version'] or 'none'} (/proc), "
+        f"{facts.get('driver_version_nvidia_smi') or 'none'} (nvidia-smi {facts['nvidia_smi']})",
+        f"GPUs     {gpus or facts.get('gpu_query_error') or 'none seen'}",
+        "nodes    " + (" ".join(f"{p}={n}" for p, n in facts["device_nodes"].items()) or "none"),
+        f"libs     {len(libs['ld_cache'])} in ld.so's cache, {len(libs['outside_ld_cache'])} "
+        f"outside; nvidia-ctk: {facts['nvidia_ctk'] or 'none'}",
+        f"runsc    {r['version']}; newest supported {r['newest_supported']}; host driver "
+        f"supported: {facts['driver_supported']}; forced ABI {facts.get('forced_driver_version')}",
+    ]
 
 
 def print_facts(facts: dict[str, Any]) -> None:
@@ -235,8 +319,13 @@ def print_facts(facts: dict[str, Any]) -> None:
     for g in facts.get("gpus", []):
         print(f"GPU {g['index']}:           {g['name']}, {g['uuid']}, bus {g['pci.bus_id']}, "
               f"{g['memory.total']}")
-    for bus, info in facts["proc_driver_gpus"].items():
-        print(f"/proc GPU {bus}: minor {info.get('Device Minor', '?')}, {info.get('Model', '?')}")
+    for n in facts["gpu_numbering"]:
+        print(f"GPU {n['index']} numbering: bus {n['bus']} has device minor {n['minor']} "
+              f"(/proc/driver/nvidia/gpus)" + ("" if n["index_is_minor"] is not False
+                                               else ": the index is NOT the minor"))
+    if facts.get("device_nodes_before_nvidia_smi") is not None:
+        before = facts["device_nodes_before_nvidia_smi"]
+        print("device nodes before nvidia-smi ran: " + (", ".join(before) or "none"))
     nodes = facts["device_nodes"]
     print("device nodes:    " + (", ".join(f"{p} {n}" for p, n in nodes.items()) or "none"))
     libs = facts["nvidia_libs"]

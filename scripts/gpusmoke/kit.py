@@ -13,8 +13,8 @@ A kit is one folder:
 
 Standard library only, plus ``pip download`` for the wheels.
 
-    python3 -m gpusmoke.kit make DIR [--deb FILE]... [--python-version 3.12]...
-    python3 -m gpusmoke.kit install DIR --repo TOP     (see gpusmoke.offline)
+    python3 -m gpusmoke make DIR [--deb FILE]... [--python-version 3.13]...
+    python3 -m gpusmoke install DIR --repo TOP     (see gpusmoke.offline)
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tomllib
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -88,6 +87,8 @@ def default_debs(cache: Path) -> list[Path]:
 
 
 def project_requirements(repo: Path) -> list[str]:
+    import tomllib  # only here: `install` must also start on an older python3 and say why not
+
     with (repo / "pyproject.toml").open("rb") as f:
         return list(tomllib.load(f)["project"]["dependencies"])
 
@@ -203,7 +204,7 @@ def _size(path: Path) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="gpusmoke.kit", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="gpusmoke", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     m = sub.add_parser("make", help="build a kit (needs the package index once)")
     m.add_argument("dir", type=Path)
@@ -232,14 +233,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                             pythons=list(dict.fromkeys([*DEFAULT_PYTHONS,
                                                         *(args.python_version or [])])))
     except (KitError, OSError, subprocess.SubprocessError) as e:
-        print(f"gpusmoke.kit: {e}", file=sys.stderr)
+        print(f"gpu-smoke: {e}", file=sys.stderr)
         return 1
     host_only = [c["requirement"] for c in manifest["host_modules"] if not c["wheels"]]
     print(f"kit: {args.dir} ({_size(args.dir) / 2**20:.1f} MiB): "
           f"{len(manifest['debs'])} .deb, {len(manifest['wheels'])} wheels"
           + (f"; the target's python3 must provide {', '.join(host_only)}" if host_only else ""))
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -256,6 +256,10 @@ def _self_test(python: Path, launcher: Path, unpacked: dict[str, Path]) -> None:
 def install(kit: Path, repo: Path, cache: Path | None = None) -> dict[str, str]:
     """Install ``kit`` into the checkout ``repo``; returns the environment
     (GVISORGPU_CACHE, GVISORGPU_RUNSC_2024) that points tests/paths.py at it."""
+    # The host's python3 is whatever the host has, not what pyproject promises.
+    if sys.version_info < (3, 11):  # noqa: UP036
+        raise KitError(f"{sys.executable} is Python {sys.version.split()[0]}; the shim needs "
+                       "3.11 or newer: name one with GPU_SMOKE_PYTHON")
     manifest = _manifest(kit)
     for entry in manifest["debs"]:
         machine = _MACHINES.get(entry["architecture"], entry["architecture"])

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import textwrap
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -56,8 +57,8 @@ class Report:
         harness_failed = any(s.name in HARNESS and s.status == "failed" for s in self.steps)
         return 1 if self.error or harness_failed else 0
 
-    def summary(self) -> str:
-        lines = ["", "=== SUMMARY"]
+    def summary(self, head: Sequence[str] = ()) -> str:
+        lines = ["", "=== SUMMARY", *(f"  {line}" for line in head)]
         for s in self.steps:
             wrapped = [w for ln in (s.detail or "-").splitlines()
                        for w in textwrap.wrap(ln, 76, break_on_hyphens=False)] or ["-"]

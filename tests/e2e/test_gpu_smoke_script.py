@@ -186,6 +186,90 @@ def test_find_libs_outside_ld_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert str(cached) not in libs["container_ld_library_path"].split(":")
 
 
+@pytest.mark.parametrize(("bus", "key"), [
+    ("00000000:19:00.0", (0, 0x19, 0, 0)),
+    ("0000:3b:00.0", (0, 0x3B, 0, 0)),
+    ("00000001:C1:1F.7", (1, 0xC1, 0x1F, 7)),
+    ("GPU-0a9e8d7c", None),
+])
+def test_bus_key(bus: str, key: tuple[int, ...] | None) -> None:
+    assert host.bus_key(bus) == key
+
+
+def test_gpu_numbering_matches_index_and_minor_by_bus() -> None:
+    gpus = host.parse_gpu_query(GPU_QUERY_OUT)
+    proc = {"0000:19:00.0": {"Device Minor": "1"}, "0000:3b:00.0": {"Device Minor": "0"}}
+    rows = host.gpu_numbering(gpus, proc)
+    assert [(r["index"], r["minor"], r["index_is_minor"]) for r in rows] == [
+        ("0", "1", False), ("1", "0", False)]
+    assert [r["minor"] for r in host.gpu_numbering(gpus, {})] == [None, None]
+
+
+# A stand-in for the one thing this host lacks: the NVIDIA driver's nvidia-smi,
+# printing what the real one prints for `-L` and the smoke run's query.
+FAKE_SMI = """#!/bin/sh
+case "$1" in
+  -L) echo "GPU 0: NVIDIA H200 (UUID: GPU-6f1c2b1e-0d6a-4b8e-9a57-3f3c1d2e4a5b)" ;;
+  --query-gpu=*) echo "0, NVIDIA H200, GPU-6f1c2b1e-0d6a-4b8e-9a57-3f3c1d2e4a5b, \
+00000000:19:00.0, 580.159.03, 143771 MiB, 9.0" ;;
+  *) exit 6 ;;
+esac
+"""
+PROC_VERSION = ("NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  580.159.03  Release "
+                "Build  (dvs-builder@U22-I3-AE18-23-3)  Wed Sep 10 10:10:10 UTC 2025\n")
+
+
+def test_gather_on_a_stand_in_gpu_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    if os.geteuid() != 0 or paths.RUNSC_2024 is None:
+        pytest.skip("needs root (mknod) and runsc 20240729")
+    root = tmp_path
+    (root / "bin").mkdir()
+    (root / "bin/nvidia-smi").write_text(FAKE_SMI)
+    (root / "bin/nvidia-smi").chmod(0o755)
+    lib64 = root / "nvidia/lib64"
+    lib64.mkdir(parents=True)
+    (lib64 / "libcuda.so.580.159.03").write_text("")
+    (lib64 / "libcuda.so.1").symlink_to("libcuda.so.580.159.03")
+    (lib64 / "libnvidia-ml.so.1").write_text("")
+    info = root / "proc/driver/nvidia/gpus/0000:19:00.0"
+    info.mkdir(parents=True)
+    (info / "information").write_text("Model: \t\t NVIDIA H200\nDevice Minor: \t 0\n")
+    (root / "proc/driver/nvidia/version").write_text(PROC_VERSION)
+    (root / "dev").mkdir()
+    for name, (major, minor) in {"nvidia0": (195, 0), "nvidiactl": (195, 255),
+                                 "nvidia-uvm": (507, 0)}.items():
+        os.mknod(root / "dev" / name, 0o600 | stat.S_IFCHR, os.makedev(major, minor))
+    monkeypatch.setenv("PATH", f"{root / 'bin'}:{os.environ['PATH']}")
+    monkeypatch.setenv("LD_LIBRARY_PATH", str(lib64))
+    facts = host.gather(paths.RUNSC_2024, paths.SHIM, 30, proc=root / "proc", dev=root / "dev")
+    assert "errors" not in facts, facts["errors"]
+    assert (facts["driver_version"], facts["driver_version_nvidia_smi"]) == (
+        "580.159.03", "580.159.03")
+    assert facts["driver_supported"] is False
+    assert facts["runsc"]["newest_supported"] == "550.90.07"
+    assert facts["device_nodes"] == {"/dev/nvidia-uvm": "507:0", "/dev/nvidia0": "195:0",
+                                     "/dev/nvidiactl": "195:255"}
+    assert facts["gpu_numbering"] == [{"index": "0", "bus": "00000000:19:00.0", "minor": "0",
+                                       "uuid": "GPU-6f1c2b1e-0d6a-4b8e-9a57-3f3c1d2e4a5b",
+                                       "index_is_minor": True}]
+    assert facts["nvidia_libs"]["container_ld_library_path"] == str(lib64)
+    assert "LD_LIBRARY_PATH=" + str(lib64) in containers.container_env(facts, "cdi")
+    host.print_facts(facts)
+    printed = capsys.readouterr().out
+    assert "GPU 0:           NVIDIA H200" in printed and "NOT in the list" in printed
+    head = "\n".join(host.key_facts(facts))
+    assert "580.159.03 (/proc)" in head and "0: NVIDIA H200 00000000:19:00.0" in head
+    step = cdi.make_cdi(root / "cdi", "minimal", facts, 10, dev=root / "dev")
+    spec = step.data["spec"]
+    assert [d["name"] for d in spec["devices"]] == ["0", "all"]
+    assert spec["devices"][0]["containerEdits"]["deviceNodes"] == [
+        {"path": "/dev/nvidia0", "type": "c", "major": 195, "minor": 0}]
+    mounted = {m["hostPath"] for m in spec["containerEdits"]["mounts"]}
+    assert {str(lib64 / "libcuda.so.580.159.03"), str(lib64 / "libnvidia-ml.so.1"),
+            str(root / "bin/nvidia-smi")} <= mounted
+
+
 def _node_paths(edits: dict[str, Any]) -> list[str]:
     return [n["path"] for n in edits.get("deviceNodes", [])]
 
