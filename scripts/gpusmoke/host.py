@@ -298,7 +298,8 @@ def key_facts(facts: dict[str, Any]) -> list[str]:
         f"host     {h['os']}, kernel {h['kernel']}, inside gVisor: "
         + ("yes" if h["inside_gvisor"] else "no"),
         f"driver   {facts['driver_version'] or 'none'} (/proc), "
-        f"{facts.get('driver_version_nvidia_smi') or 'none'} (nvidia-smi {facts['nvidia_smi']})",
+        f"{facts.get('driver_version_nvidia_smi') or 'none'} "
+        f"(nvidia-smi: {facts['nvidia_smi'] or 'not found'})",
         f"GPUs     {gpus or facts.get('gpu_query_error') or 'none seen'}",
         "nodes    " + (" ".join(f"{p}={n}" for p, n in facts["device_nodes"].items()) or "none"),
         f"libs     {len(libs['ld_cache'])} in ld.so's cache, {len(libs['outside_ld_cache'])} "

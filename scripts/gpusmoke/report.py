@@ -42,6 +42,7 @@ class Report:
     json_paths: list[Path] = field(default_factory=list)
 
     def add(self, step: Step) -> Step:
+        step.seconds = round(step.seconds, 2)
         self.steps.append(step)
         print(f"--> {step.name}: {step.status}" + (f": {step.detail}" if step.detail else ""),
               flush=True)
