@@ -173,6 +173,10 @@ def make_kit(dest: Path, debs: Sequence[Path], requirements: Sequence[str], *,
     """Write the kit into ``dest`` (created, or refreshed in place) and return its manifest."""
     machine = machine or platform.machine()
     dest.mkdir(parents=True, exist_ok=True)
+    if (dest / "cache").exists():
+        # What an earlier install unpacked here (~4x the .debs): not part of a kit.
+        shutil.rmtree(dest / "cache")
+        print(f"kit: removed {dest / 'cache'}, left by an earlier install", file=sys.stderr)
     (dest / ".gitignore").write_text("*\n")
     (dest / "debs").mkdir(exist_ok=True)
     entries = []
