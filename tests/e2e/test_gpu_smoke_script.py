@@ -2,9 +2,10 @@
 
 The e2e tests run the script as a GPU node's operator would (minus
 install-deps) and check that it reports the refusal or runsc's failure as an
-outcome, exits 0, writes the JSON summary, and leaves nothing behind, also
-when interrupted. The pure helpers and the in-container CUDA program (against
-a stub libcuda) are checked table-driven.
+outcome, that the plain container runs, that it exits 0, writes the JSON
+summary, the text and the log bundle, and leaves nothing behind, also when
+interrupted. The pure helpers (scripts/gpusmoke) and the in-container CUDA
+program (against a stub libcuda) are checked table-driven.
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ import json
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -42,6 +45,8 @@ def _load() -> ModuleType:
 
 
 gs = _load()
+host, cdi, containers = gs.host, gs.cdi, gs.containers
+CUDA_CHECK = paths.REPO / "scripts/gpusmoke/cuda_check.py"
 
 
 # --- helpers -------------------------------------------------------------------
@@ -57,7 +62,7 @@ gs = _load()
     ("GCC version:  gcc version 12.2.0\n", None),
 ])
 def test_parse_driver_version(text: str, expected: str | None) -> None:
-    assert gs.parse_driver_version(text) == expected
+    assert host.parse_driver_version(text) == expected
 
 
 LDCONFIG = """\
@@ -83,7 +88,186 @@ LDCONFIG = """\
 ])
 def test_parse_ldconfig_keeps_compute_libraries_of_this_abi(
         machine: str, expected: list[str]) -> None:
-    assert gs.parse_ldconfig(LDCONFIG, machine) == expected
+    assert host.parse_ldconfig(LDCONFIG, machine) == expected
+
+
+GPU_QUERY_OUT = """\
+0, NVIDIA H200, GPU-6f1c2b1e-0d6a-4b8e-9a57-3f3c1d2e4a5b, 00000000:19:00.0, 580.159.03, \
+143771 MiB, 9.0
+1, NVIDIA H200, GPU-0a9e8d7c-6b5a-4938-8271-605f4e3d2c1b, 00000000:3B:00.0, 580.159.03, \
+143771 MiB, 9.0
+"""
+
+
+def test_parse_gpu_query_keeps_whole_rows() -> None:
+    rows = host.parse_gpu_query(GPU_QUERY_OUT)
+    assert [(r["index"], r["name"], r["pci.bus_id"], r["driver_version"]) for r in rows] == [
+        ("0", "NVIDIA H200", "00000000:19:00.0", "580.159.03"),
+        ("1", "NVIDIA H200", "00000000:3B:00.0", "580.159.03")]
+    assert host.parse_gpu_query("Field \"compute_cap\" is not a valid field to query.") == []
+
+
+@pytest.mark.parametrize(("proc_version", "dmesg", "count"), [
+    ("Linux version 4.4.0 #1 SMP Sun Jan 10 15:06:54 PST 2016\n",
+     "[    0.000000] Starting gVisor...\n[    0.1] Forking spaghetti code...\n", 2),
+    ("Linux version 6.8.0-45-generic (buildd@lcy02-amd64-115) #45-Ubuntu SMP", "", 0),
+    ("Linux version 4.4.0 #1 SMP Sun Jan 10 15:06:54 PST 2016", "", 1),
+])
+def test_gvisor_evidence(proc_version: str, dmesg: str, count: int) -> None:
+    assert len(host.gvisor_evidence(proc_version, dmesg)) == count
+
+
+@pytest.mark.parametrize(("listed", "newest"), [
+    (["535.154.05", "550.90.07", "535.104.12", "550.54.15"], "550.90.07"),
+    (["535.230.02", "570.86.15", "560.35.03", "570.158.01"], "570.158.01"),
+])
+def test_newest_supported_is_by_version_not_by_text(listed: list[str], newest: str) -> None:
+    assert max(listed, key=host.version_key) == newest
+
+
+def _facts(supported: bool | None, newest: str | None) -> dict[str, Any]:
+    return {"driver_supported": supported, "runsc": {"newest_supported": newest}}
+
+
+@pytest.mark.parametrize(("given", "facts", "forced", "why"), [
+    (None, _facts(False, "550.90.07"), "550.90.07", "the newest driver this runsc supports"),
+    (None, _facts(None, "550.90.07"), "550.90.07", "the newest driver this runsc supports"),
+    (None, _facts(True, "550.90.07"), None, "nothing to force"),
+    (None, _facts(None, None), None, "pass --driver-version"),
+    ("535.129.03", _facts(True, "550.90.07"), "535.129.03", "--driver-version"),
+])
+def test_forced_version(given: str | None, facts: dict[str, Any], forced: str | None,
+                        why: str) -> None:
+    args = gs.parse_args([] if given is None else ["--driver-version", given])
+    chosen, reason = gs.forced_version(args, facts)
+    assert chosen == forced and why in reason
+
+
+def test_device_nodes_reads_real_character_devices(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("mknod needs root")
+    made = {"nvidia0": (195, 0), "nvidia3": (195, 3), "nvidiactl": (195, 255),
+            "nvidia-uvm": (505, 0), "nvidia-caps/nvidia-cap1": (508, 1)}
+    (tmp_path / "nvidia-caps").mkdir()
+    for name, (major, minor) in made.items():
+        os.mknod(tmp_path / name, 0o600 | stat.S_IFCHR, os.makedev(major, minor))
+    (tmp_path / "nvidia-modeset").write_text("a regular file is not a device")
+    assert host.device_nodes(tmp_path) == {f"/dev/{n}": mm for n, mm in made.items()}
+
+
+def test_proc_gpus_reads_each_gpus_minor(tmp_path: Path) -> None:
+    for bus, minor in (("0000:19:00.0", 0), ("0000:3b:00.0", 1)):
+        d = tmp_path / "driver/nvidia/gpus" / bus
+        d.mkdir(parents=True)
+        (d / "information").write_text(
+            f"Model: \t\t NVIDIA H200\nIRQ:   \t\t 0\nGPU UUID: \t GPU-x{minor}\n"
+            f"Video BIOS: \t 96.00.a5.00.01\nBus Type: \t PCIe\nDevice Minor: \t {minor}\n")
+    gpus = host.proc_gpus(tmp_path)
+    assert {bus: (g["Model"], g["Device Minor"]) for bus, g in gpus.items()} == {
+        "0000:19:00.0": ("NVIDIA H200", "0"), "0000:3b:00.0": ("NVIDIA H200", "1")}
+
+
+def test_find_libs_outside_ld_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    lib64, cached = tmp_path / "nvidia/lib64", tmp_path / "cached"
+    lib64.mkdir(parents=True)
+    cached.mkdir()
+    for name in ("libcuda.so.580.159.03", "libnvidia-ml.so.1", "libGLX.so.0"):
+        (lib64 / name).write_text("")
+    (lib64 / "libcuda.so.1").symlink_to("libcuda.so.580.159.03")
+    (cached / "libnvidia-ml.so.1").write_text("")
+    monkeypatch.setenv("LD_LIBRARY_PATH", f"{lib64}:{cached}:{tmp_path / 'missing'}")
+    # The cache names the library through another path to the same file.
+    (tmp_path / "alias").symlink_to(cached)
+    libs = host.find_libs([str(tmp_path / "alias/libnvidia-ml.so.1")], "x86_64")
+    outside = [p for p in libs["outside_ld_cache"] if p.startswith(str(tmp_path))]
+    assert outside == [str(lib64 / n) for n in ("libcuda.so.1", "libcuda.so.580.159.03",
+                                                "libnvidia-ml.so.1")]
+    assert libs["container_ld_library_path"].split(":")[0] == str(lib64)
+    assert str(cached) not in libs["container_ld_library_path"].split(":")
+
+
+@pytest.mark.parametrize(("bus", "key"), [
+    ("00000000:19:00.0", (0, 0x19, 0, 0)),
+    ("0000:3b:00.0", (0, 0x3B, 0, 0)),
+    ("00000001:C1:1F.7", (1, 0xC1, 0x1F, 7)),
+    ("GPU-0a9e8d7c", None),
+])
+def test_bus_key(bus: str, key: tuple[int, ...] | None) -> None:
+    assert host.bus_key(bus) == key
+
+
+def test_gpu_numbering_matches_index_and_minor_by_bus() -> None:
+    gpus = host.parse_gpu_query(GPU_QUERY_OUT)
+    proc = {"0000:19:00.0": {"Device Minor": "1"}, "0000:3b:00.0": {"Device Minor": "0"}}
+    rows = host.gpu_numbering(gpus, proc)
+    assert [(r["index"], r["minor"], r["index_is_minor"]) for r in rows] == [
+        ("0", "1", False), ("1", "0", False)]
+    assert [r["minor"] for r in host.gpu_numbering(gpus, {})] == [None, None]
+
+
+# A stand-in for the one thing this host lacks: the NVIDIA driver's nvidia-smi,
+# printing what the real one prints for `-L` and the smoke run's query.
+FAKE_SMI = """#!/bin/sh
+case "$1" in
+  -L) echo "GPU 0: NVIDIA H200 (UUID: GPU-6f1c2b1e-0d6a-4b8e-9a57-3f3c1d2e4a5b)" ;;
+  --query-gpu=*) echo "0, NVIDIA H200, GPU-6f1c2b1e-0d6a-4b8e-9a57-3f3c1d2e4a5b, \
+00000000:19:00.0, 580.159.03, 143771 MiB, 9.0" ;;
+  *) exit 6 ;;
+esac
+"""
+PROC_VERSION = ("NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  580.159.03  Release "
+                "Build  (dvs-builder@U22-I3-AE18-23-3)  Wed Sep 10 10:10:10 UTC 2025\n")
+
+
+def test_gather_on_a_stand_in_gpu_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    if os.geteuid() != 0 or paths.RUNSC_2024 is None:
+        pytest.skip("needs root (mknod) and runsc 20240729")
+    root = tmp_path
+    (root / "bin").mkdir()
+    (root / "bin/nvidia-smi").write_text(FAKE_SMI)
+    (root / "bin/nvidia-smi").chmod(0o755)
+    lib64 = root / "nvidia/lib64"
+    lib64.mkdir(parents=True)
+    (lib64 / "libcuda.so.580.159.03").write_text("")
+    (lib64 / "libcuda.so.1").symlink_to("libcuda.so.580.159.03")
+    (lib64 / "libnvidia-ml.so.1").write_text("")
+    info = root / "proc/driver/nvidia/gpus/0000:19:00.0"
+    info.mkdir(parents=True)
+    (info / "information").write_text("Model: \t\t NVIDIA H200\nDevice Minor: \t 0\n")
+    (root / "proc/driver/nvidia/version").write_text(PROC_VERSION)
+    (root / "dev").mkdir()
+    for name, (major, minor) in {"nvidia0": (195, 0), "nvidiactl": (195, 255),
+                                 "nvidia-uvm": (507, 0)}.items():
+        os.mknod(root / "dev" / name, 0o600 | stat.S_IFCHR, os.makedev(major, minor))
+    monkeypatch.setenv("PATH", f"{root / 'bin'}:{os.environ['PATH']}")
+    monkeypatch.setenv("LD_LIBRARY_PATH", str(lib64))
+    facts = host.gather(paths.RUNSC_2024, paths.SHIM, 30, proc=root / "proc", dev=root / "dev")
+    assert "errors" not in facts, facts["errors"]
+    assert (facts["driver_version"], facts["driver_version_nvidia_smi"]) == (
+        "580.159.03", "580.159.03")
+    assert facts["driver_supported"] is False
+    assert facts["runsc"]["newest_supported"] == "550.90.07"
+    assert facts["device_nodes"] == {"/dev/nvidia-uvm": "507:0", "/dev/nvidia0": "195:0",
+                                     "/dev/nvidiactl": "195:255"}
+    assert facts["gpu_numbering"] == [{"index": "0", "bus": "00000000:19:00.0", "minor": "0",
+                                       "uuid": "GPU-6f1c2b1e-0d6a-4b8e-9a57-3f3c1d2e4a5b",
+                                       "index_is_minor": True}]
+    assert facts["nvidia_libs"]["container_ld_library_path"] == str(lib64)
+    assert "LD_LIBRARY_PATH=" + str(lib64) in containers.container_env(facts, "cdi")
+    host.print_facts(facts)
+    printed = capsys.readouterr().out
+    assert "GPU 0:           NVIDIA H200" in printed and "NOT in the list" in printed
+    head = "\n".join(host.key_facts(facts))
+    assert "580.159.03 (/proc)" in head and "0: NVIDIA H200 00000000:19:00.0" in head
+    step = cdi.make_cdi(root / "cdi", "minimal", facts, 10, dev=root / "dev")
+    spec = step.data["spec"]
+    assert [d["name"] for d in spec["devices"]] == ["0", "all"]
+    assert spec["devices"][0]["containerEdits"]["deviceNodes"] == [
+        {"path": "/dev/nvidia0", "type": "c", "major": 195, "minor": 0}]
+    mounted = {m["hostPath"] for m in spec["containerEdits"]["mounts"]}
+    assert {str(lib64 / "libcuda.so.580.159.03"), str(lib64 / "libnvidia-ml.so.1"),
+            str(root / "bin/nvidia-smi")} <= mounted
 
 
 def _node_paths(edits: dict[str, Any]) -> list[str]:
@@ -99,7 +283,7 @@ def _node_paths(edits: dict[str, Any]) -> list[str]:
 ])
 def test_minimal_cdi_spec(nodes: dict[str, tuple[int, int]], devices: list[str],
                           common: list[str], numbered: bool) -> None:
-    spec = gs.minimal_cdi_spec(nodes, ["/usr/bin/nvidia-smi"])
+    spec = cdi.minimal_cdi_spec(nodes, ["/usr/bin/nvidia-smi"])
     assert spec["kind"] == "nvidia.com/gpu"
     assert [d["name"] for d in spec["devices"]] == devices
     edits = spec["containerEdits"]
@@ -120,7 +304,7 @@ def test_minimal_cdi_spec(nodes: dict[str, tuple[int, int]], devices: list[str],
     ({"devices": [{"name": "0"}]}, 0),
 ])
 def test_without_hooks(spec: dict[str, Any], count: int) -> None:
-    cleaned, dropped = gs.without_hooks(spec)
+    cleaned, dropped = cdi.without_hooks(spec)
     assert dropped == count
     assert "hooks" not in json.dumps(cleaned)
 
@@ -148,7 +332,7 @@ ACCEPTED = {"ok": True, "refusals": []}
 def test_classify(plan: dict[str, Any] | None, rc: int, stdout: str, stderr: str,
                   marker: str | None, status: str, detail: str) -> None:
     out = subprocess.CompletedProcess(["ctr"], rc, stdout, stderr)
-    step = gs.classify("step", plan, out, marker)
+    step = containers.classify("step", plan, out, marker)
     assert (step.status, step.detail, step.exit_code) == (status, detail, rc)
 
 
@@ -167,7 +351,7 @@ E1126 20:55:41.399000   25792 boot.go:10] something broke
 def test_boot_log_hints_keep_gpu_and_error_lines(tmp_path: Path) -> None:
     log = tmp_path / "runsc.log.20261126-205541.1.boot.txt"
     log.write_text(BOOT_LOG)
-    hints = gs.boot_log_hints([log]).splitlines()
+    hints = containers.boot_log_hints([log]).splitlines()
     assert [h.split("] ", 1)[1] for h in hints] == [
         "NVIDIA driver version: 535.161.08",
         "FATAL ERROR: registering nvproxy driver: unsupported Nvidia driver version: 535.161.08",
@@ -242,7 +426,7 @@ def stub_libcuda(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_cuda_check_program_against_a_stub_libcuda(
         stub_libcuda: Path, env: dict[str, str], rc: int, expected: str) -> None:
     run_env = {"PATH": os.environ.get("PATH", ""), "LD_LIBRARY_PATH": str(stub_libcuda), **env}
-    out = subprocess.run([sys.executable, "-I", "-c", gs.CUDA_CHECK], env=run_env,
+    out = subprocess.run([sys.executable, "-I", str(CUDA_CHECK)], env=run_env,
                          capture_output=True, text=True, timeout=60, check=False)
     assert out.returncode == rc, out.stdout + out.stderr
     assert expected in (out.stdout + out.stderr).strip(), out.stdout + out.stderr
@@ -293,18 +477,25 @@ def _statuses(summary: dict[str, Any]) -> dict[str, str]:
 NO_DRIVER = "no NVIDIA driver is loaded on this host"
 CRASHED = "the sandbox crashed"
 OLD_RUNSC = "<runsc 20221219>"  # stands for paths.RUNSC_2022, which may be missing
+# What every run on this GPU-less host reports, whatever the case below adds.
+COMMON = {"install-deps": "skipped", "runsc-probe": "ok", "cdi-spec": "ok", "doctor": "ok",
+          "containerd": "ok", "plain": "ok", "cleanup": "ok", "logs": "ok"}
+NEW_RUNSC = {"plan-cdi": "refused", "plan-env": "refused", "smi-as-is": "refused",
+             "cuda-as-is": "skipped", "smi-forced": "failed", "cuda-forced": "failed"}
 
 
 @pytest.mark.e2e
-@pytest.mark.parametrize(("extra", "plan", "outcome", "text"), [
-    ([], "refused", "refused", NO_DRIVER),
-    (["--containerd", "1.6"], "refused", "refused", NO_DRIVER),
-    (["--driver-version", "550.90.07"], "ok", "failed", CRASHED),
-    (["--runsc", OLD_RUNSC, "--platform", "ptrace"], "refused", "refused",
+@pytest.mark.parametrize(("extra", "expected", "forced", "text"), [
+    ([], NEW_RUNSC, "550.90.07", NO_DRIVER),
+    (["--containerd", "1.6"], NEW_RUNSC, "550.90.07", NO_DRIVER),
+    (["--driver-version", "535.129.03"], NEW_RUNSC, "535.129.03", NO_DRIVER),
+    (["--runsc", OLD_RUNSC, "--platform", "ptrace"],
+     {**NEW_RUNSC, "smi-forced": "skipped", "cuda-forced": "skipped"}, None,
      "has no --nvproxy flag, which first appeared in release-20230529.0"),
 ])
 def test_script_reports_gpu_outcome_and_cleans_up(
-        tmp_path: Path, extra: list[str], plan: str, outcome: str, text: str) -> None:
+        tmp_path: Path, extra: list[str], expected: dict[str, str], forced: str | None,
+        text: str) -> None:
     why = _requirements()
     if "--containerd" in extra:
         why = why or cd.missing_for(extra[extra.index("--containerd") + 1])
@@ -313,31 +504,45 @@ def test_script_reports_gpu_outcome_and_cleans_up(
         extra = [str(paths.RUNSC_2022) if a == OLD_RUNSC else a for a in extra]
     if why:
         pytest.skip(why)
-    report = tmp_path / "out.json"
-    out = subprocess.run([str(PYTHON), str(SCRIPT), "--skip-install", "--json", str(report),
+    results = tmp_path / "results"
+    out = subprocess.run([str(PYTHON), str(SCRIPT), "--skip-install", "--results", str(results),
                           *extra], capture_output=True, text=True, timeout=RUN_TIMEOUT,
                          stdin=subprocess.DEVNULL, check=False)
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
-    summary = json.loads(report.read_text())
+    assert sorted(p.name for p in results.iterdir()) == sorted(gs.RESULT_FILES)
+    summary = json.loads((results / "gpu-smoke.json").read_text())
     assert summary["exit_code"] == 0 and not summary["error"] and not summary["interrupted"]
-    assert _statuses(summary) == {
-        "install-deps": "skipped", "cdi-spec": "ok", "containerd": "ok", "plan": plan,
-        "nvidia-smi -L": outcome, "cuda-check": outcome, "cleanup": "ok"}
+    assert _statuses(summary) == {**COMMON, **expected}
     steps = {s["name"]: s for s in summary["steps"]}
-    for name in ("nvidia-smi -L", "cuda-check"):
+    for name in ("plan-cdi", "plan-env", "smi-as-is"):
         assert text in steps[name]["detail"], steps[name]
+    # The plain container ran in gVisor: its kernel is the Sentry's.
+    assert host.gvisor_evidence(steps["plain"]["detail"], ""), steps["plain"]
     facts = summary["facts"]
     assert facts["driver_version"] is None and facts["device_nodes"] == {}
-    if "--runsc" in extra:  # 20221219 can neither list drivers nor take --nvproxy
+    assert facts["host"]["inside_gvisor"] is False
+    assert facts["forced_driver_version"] == forced
+    if forced is None:  # 20221219 can neither list drivers nor take --nvproxy
         assert facts["runsc"]["supported_drivers"] is None
         assert "release-20231106.0" in facts["runsc"]["supported_error"]
+        assert "pass --driver-version" in steps["smi-forced"]["detail"]
     else:
         assert "550.90.07" in facts["runsc"]["supported_drivers"]
-        assert "--nvproxy=true" in steps["plan"]["output"]
+        assert steps["plan-cdi"]["data"]["plan"]["runsc_flags"]["nvproxy"] == "true"
+        for name in ("smi-forced", "cuda-forced"):
+            step = steps[name]
+            assert step["data"]["plan"]["runsc_flags"]["nvproxy-driver-version"] == forced
+            assert CRASHED in step["detail"], step
     assert summary["leftovers"] == []
-    stdout = out.stdout
-    assert "=== host facts" in stdout and "runsc command:" in stdout
-    assert "=== SUMMARY" in stdout and "result: ran and reported (exit 0)" in stdout
+    text_out = (results / "gpu-smoke.txt").read_text()
+    assert out.stdout.startswith(text_out[:2000])
+    for part in ("=== host facts", "runsc command:", "=== SUMMARY",
+                 "result: ran and reported (exit 0)"):
+        assert part in text_out
+    with tarfile.open(results / "gpu-smoke-logs.tar.gz") as tar:
+        names = tar.getnames()
+    assert "containerd.log" in names and "cdi/nvidia.json" in names
+    assert any(n.startswith("runsc-logs/") and n.endswith(".boot.txt") for n in names), names
     _assert_nothing_left(summary)
 
 

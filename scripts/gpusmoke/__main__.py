@@ -1,0 +1,7 @@
+"""``python3 -m gpusmoke make|install ...``: see ``gpusmoke.kit``."""
+
+import sys
+
+from gpusmoke.kit import main
+
+sys.exit(main())
