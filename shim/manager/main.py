@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import sys
 
-__all__ = ["NAME", "RUNTIME", "VERSION", "main"]
+from shim.about import NAME, RUNTIME, VERSION
 
-NAME = "containerd-shim-gvisorgpu-v1"
-VERSION = "0.1.0"
-RUNTIME = "io.containerd.gvisorgpu.v1"
+__all__ = ["main"]
+
 _USER_COMMANDS = frozenset({"plan", "doctor", "version", "help", "--help", "--version"})
 _USAGE = f"""\
 usage: {NAME} [-namespace NS] [-address ADDR] [-publish-binary BIN] [-id ID]

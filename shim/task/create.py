@@ -16,6 +16,7 @@ from typing import Any
 
 import betterproto
 
+from shim import logfmt
 from shim.api.containerd.task.v2 import CreateTaskRequest
 from shim.config import RuntimeConfig
 from shim.config.options import load_config
@@ -64,6 +65,7 @@ async def prepare(req: CreateTaskRequest, *, namespace: str, sandboxes: Mapping[
     if req.checkpoint:
         raise InvalidArgument(f"container {req.id}: restoring from a checkpoint is not supported")
     config = load_config(req.options if betterproto.serialized_on_wire(req.options) else None)
+    logfmt.apply_config(config.log_level, config.shim_log_path(req.id))
     caps = await probe(config.binary_name, runner, probes)
     spec = bundle_io.load_spec(req.bundle)
     decided = await plan_create(spec, caps, config, container_id=req.id, bundle=req.bundle,
