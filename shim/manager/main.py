@@ -41,8 +41,9 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(_USAGE)
         return 0
     if flags.info:
-        sys.stderr.write(f"{NAME}: -info is not supported\n")
-        return 1
+        from shim.manager.info import info_action
+
+        return info_action()
     if flags.action == "start":
         from shim.manager.start import start_action
 

@@ -29,7 +29,7 @@ from shim.oci import bundle as bundle_io
 from shim.runsc import CommandRunner, GlobalOptions, ProbeCache, RunscCapabilities, probe
 from shim.task.container import CreateParams, mounts_from
 from shim.task.pod import Sandbox
-from shim.task.runsc_options import member_options, sandbox_options
+from shim.task.runsc_options import member_options, sandbox_options, seccomp_enforced
 from shim.task.stdio import StdioPaths
 
 __all__ = ["CreatePlan", "Prepared", "plan_create", "prepare"]
@@ -73,6 +73,7 @@ async def prepare(req: CreateTaskRequest, *, namespace: str, sandboxes: Mapping[
     result = decided.plan
     if result.refusals:
         raise FailedPrecondition("; ".join(result.refusals))
+    _check_seccomp(req.id, result.spec, decided.runsc, config)
     for warning in (*config.warnings, *result.warnings):
         log.warning(warning, extra={"container_id": req.id})
     if result.spec != spec:
@@ -148,3 +149,22 @@ async def _sandbox_role(role: PodRole, joined: Sandbox | None, config: RuntimeCo
     log.info("pod resources: %s", found.reason, extra={"pod": role.pod_name})
     has_gpus = None if found.devices is None else bool(found.devices)
     return SandboxRole.pod_sandbox(pod_has_gpus=has_gpus)
+
+
+def _check_seccomp(container_id: str, spec: dict[str, Any], runsc: GlobalOptions,
+                   config: RuntimeConfig) -> None:
+    """A container's seccomp profile is enforced (runsc --oci-seccomp), or the
+    container is refused; ``seccomp = "warn"`` runs it anyway and says so. A
+    security runtime never drops a profile silently."""
+    if not (spec.get("linux") or {}).get("seccomp") or seccomp_enforced(runsc):
+        return
+    cause = (f"container {container_id} has a seccomp profile, but its sandbox runs without "
+             "--oci-seccomp, so runsc would not enforce it")
+    if config.seccomp == "warn":
+        log.warning("%s; running it anyway (seccomp = \"warn\")", cause,
+                    extra={"container_id": container_id})
+        return
+    raise FailedPrecondition(
+        f"{cause}. Fix: use a runsc that has --oci-seccomp, remove oci-seccomp = \"false\" from "
+        '[runsc_config] (for a pod: before its sandbox starts), or set seccomp = "warn" in '
+        "the shim's runtime config to run without the profile")
