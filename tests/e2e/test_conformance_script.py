@@ -82,12 +82,20 @@ def test_find_tools_without_a_folder_says_where_it_looked(
 @pytest.mark.parametrize(("argv", "error"), [
     (["--containerd", "1.5"], "--containerd 1.5: not one of 1.6, 1.7, 2.1"),
     (["--handler", "runsc"], "--handler runsc: not one of runc, gvisorgpu"),
+    (["--runsc-config", "oci-seccomp"], "--runsc-config oci-seccomp: give it as FLAG=VALUE"),
 ])
 def test_bad_options_are_refused_by_name(argv: list[str], error: str,
                                          capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         conf.parse_args(argv)
     assert error in capsys.readouterr().err
+
+
+def test_runsc_config_adds_flags_to_the_handler_defaults() -> None:
+    args = conf.parse_args(["--runsc-config", "oci-seccomp=true", "--runsc-config",
+                            "platform=ptrace"])
+    assert conf.runtime_config(args) == {"runsc_config": {
+        "network": "host", "platform": "ptrace", "oci-seccomp": "true"}}
 
 
 def test_follow_copies_the_log_and_prints_one_line_per_spec(
