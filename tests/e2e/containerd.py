@@ -86,9 +86,10 @@ def missing_for(version: str) -> str | None:
     return None
 
 
-def short_tempdir(prefix: str = "gg-") -> Path:
-    """A fresh temp dir with a short path, so socket paths inside it fit sun_path."""
-    return Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+def short_tempdir(prefix: str = "gg-", parent: Path | None = None) -> Path:
+    """A fresh temp dir with a short path (in /tmp or a short `parent`), so socket
+    paths inside it fit sun_path."""
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=str(parent or "/tmp")))
 
 
 def _toml_value(v: object) -> str:

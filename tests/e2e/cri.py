@@ -280,27 +280,31 @@ OPTIONS_TYPE_URL = "io.containerd.gvisorgpu.v1.options"
 
 
 def cni_conflist(name: str, bridge: str, ipam_dir: Path,
-                 subnet: str = POD_SUBNET) -> dict[str, Any]:
+                 subnet: str = POD_SUBNET, *, port_map: bool = False) -> dict[str, Any]:
     """A bridge network; CRI adds the loopback network itself (from the same bin dir).
 
-    No ipMasq and no portmap: both would program iptables. host-local keeps
-    its leases under `ipam_dir` instead of /var/lib/cni/networks.
+    No ipMasq: it would program iptables for traffic leaving the namespace,
+    and none does. `port_map` adds the portmap plugin for pods' hostPorts
+    (CRI hands it the mappings through the portMappings capability); its
+    iptables rules live in the fixture's network namespace and go with it.
+    host-local keeps its leases under `ipam_dir` instead of /var/lib/cni/networks.
     """
-    return {
-        "cniVersion": "1.0.0", "name": name,
-        "plugins": [{
-            "type": "bridge", "bridge": bridge, "isGateway": True, "ipMasq": False,
-            "ipam": {"type": "host-local", "ranges": [[{"subnet": subnet}]],
-                     "routes": [{"dst": "0.0.0.0/0"}], "dataDir": str(ipam_dir)},
-        }],
-    }
+    plugins: list[dict[str, Any]] = [{
+        "type": "bridge", "bridge": bridge, "isGateway": True, "ipMasq": False,
+        "ipam": {"type": "host-local", "ranges": [[{"subnet": subnet}]],
+                 "routes": [{"dst": "0.0.0.0/0"}], "dataDir": str(ipam_dir)},
+    }]
+    if port_map:
+        plugins.append({"type": "portmap", "capabilities": {"portMappings": True}})
+    return {"cniVersion": "1.0.0", "name": name, "plugins": plugins}
 
 
 def cri_config_toml(version: str, *, sandbox_image: str, cni_conf_dir: Path,
                     gvisorgpu_config: Path | None = None,
                     pod_annotations: Sequence[str] = POD_ANNOTATIONS,
                     container_annotations: Sequence[str] = (),
-                    cdi_spec_dirs: Sequence[str] = ()) -> str:
+                    cdi_spec_dirs: Sequence[str] = (),
+                    registry_config_path: Path | None = None) -> str:
     """The CRI part of a private containerd's config, version 2 (1.x) or 3 (2.x).
 
     restrict_oom_score_adj: CRI gives the pause container oom_score_adj -998,
@@ -314,6 +318,8 @@ def cri_config_toml(version: str, *, sandbox_image: str, cni_conf_dir: Path,
     spec, e.g. ``cdi.k8s.io/*``) is added to it only when given.
     `cdi_spec_dirs` are the folders 2.x's own CDI support (on by default)
     resolves ``cdi.k8s.io/*`` requests from; 1.6's CRI has no CDI.
+    `registry_config_path` is a folder of ``<registry>/hosts.toml`` files
+    (mirrors, plain-HTTP hosts) CRI's image pulls follow.
     """
     v = cd._toml_value
     if cd.major(version) >= 2:
@@ -328,11 +334,13 @@ def cri_config_toml(version: str, *, sandbox_image: str, cni_conf_dir: Path,
                 # No host CDI specs; GPU tests bring their own.
                 f"  cdi_spec_dirs = {v(list(cdi_spec_dirs))}\n")
         cni_bin = f"  bin_dirs = [{v(CNI_BIN_DIR)}]\n"
+        registry = "plugins.'io.containerd.cri.v1.images'.registry"
     else:
         runtime = '"io.containerd.grpc.v1.cri"'
         text = (f"[plugins.{runtime}]\n  sandbox_image = {v(sandbox_image)}\n"
                 '  stream_server_address = "127.0.0.1"\n  stream_server_port = "0"\n')
         cni_bin = f"  bin_dir = {v(CNI_BIN_DIR)}\n"
+        registry = f"plugins.{runtime}.registry"
     text += ("  restrict_oom_score_adj = true\n  netns_mounts_under_state_dir = true\n"
              f"[plugins.{runtime}.cni]\n{cni_bin}"
              f"  conf_dir = {v(str(cni_conf_dir))}\n  max_conf_num = 1\n"
@@ -347,6 +355,8 @@ def cri_config_toml(version: str, *, sandbox_image: str, cni_conf_dir: Path,
             text += f"  container_annotations = {v(list(container_annotations))}\n"
         text += (f"[{table}.options]\n  TypeUrl = {v(OPTIONS_TYPE_URL)}\n"
                  f"  ConfigPath = {v(str(gvisorgpu_config))}\n")
+    if registry_config_path is not None:
+        text += f"[{registry}]\n  config_path = {v(str(registry_config_path))}\n"
     return text
 
 
@@ -481,19 +491,25 @@ def cri_containerd(
     pod_annotations: Sequence[str] = POD_ANNOTATIONS,
     container_annotations: Sequence[str] = (),
     cdi_spec_dirs: Sequence[str] = (),
+    registry_config_path: Path | None = None,
+    port_map: bool = False,
+    tmp_root: Path | None = None,
     keep_dir: bool = False,
 ) -> Iterator[CriEnv]:
     """A private containerd `version` with CRI: handler runc, and gvisorgpu when
     `runsc` is given (its config file from ``Containerd.write_runtime_config``
     with `runtime_config` as keyword arguments; ``CriEnv.configure`` rewrites
-    it). `container_annotations` and `cdi_spec_dirs`: see ``cri_config_toml``.
+    it). `container_annotations`, `cdi_spec_dirs` and `registry_config_path`:
+    see ``cri_config_toml``; `port_map`: see ``cni_conflist``. The daemon's
+    and the namespace's temp dirs are made in `tmp_root` when given (a short path).
 
     `images` are (archive, reference) pairs imported into the k8s.io
-    namespace; `sandbox_image` must be one of them (nothing is pulled). On
+    namespace; `sandbox_image` must be one of them unless a registry can
+    serve it (`registry_config_path`). On
     exit every pod is removed, the daemon stopped, leftover shims and sandboxes
     killed, and the network namespace, temp dirs and cgroups removed.
     """
-    workdir, nsdir = cd.short_tempdir("gc-"), cd.short_tempdir("gn-")
+    workdir, nsdir = cd.short_tempdir("gc-", tmp_root), cd.short_tempdir("gn-", tmp_root)
     tag = secrets.token_hex(4)
     netns, network, cgroup_root = nsdir / "net", f"gg-{tag}", f"/gg-cri-{tag}"
     had_cni_cache = CNI_CACHE.exists()
@@ -505,7 +521,8 @@ def cri_containerd(
         conf_dir.mkdir(parents=True)
         bridge = f"gg{tag}"
         (conf_dir / "10-gg.conflist").write_text(
-            json.dumps(cni_conflist(network, bridge, workdir / "cni" / "ipam"), indent=1))
+            json.dumps(cni_conflist(network, bridge, workdir / "cni" / "ipam",
+                                    port_map=port_map), indent=1))
         daemon = cd.Containerd(version, workdir, namespace=K8S_NAMESPACE, cri=True)
         config_path = None
         if runsc is not None:
@@ -513,7 +530,8 @@ def cri_containerd(
         daemon.extra_config = cri_config_toml(
             version, sandbox_image=sandbox_image, cni_conf_dir=conf_dir,
             gvisorgpu_config=config_path, pod_annotations=pod_annotations,
-            container_annotations=container_annotations, cdi_spec_dirs=cdi_spec_dirs)
+            container_annotations=container_annotations, cdi_spec_dirs=cdi_spec_dirs,
+            registry_config_path=registry_config_path)
         _run_in_netns(daemon, netns)
         daemon.start()
         cri = CriClient(daemon.address, log_root=workdir / "pods", cgroup_root=cgroup_root)

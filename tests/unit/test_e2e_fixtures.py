@@ -93,3 +93,24 @@ def test_config_has_both_handlers_and_the_machine_settings(version: str) -> None
         "runtime_type": cd.RUNTIME_GVISORGPU,
         "pod_annotations": ["dev.gvisorgpu.*", "cdi.k8s.io/*"],
         "options": {"TypeUrl": "io.containerd.gvisorgpu.v1.options", "ConfigPath": "/g.toml"}}
+
+
+@pytest.mark.parametrize(("version", "plugin"), [
+    ("1.6", "io.containerd.grpc.v1.cri"), ("2.1", "io.containerd.cri.v1.images")])
+def test_registry_hosts_folder_goes_to_the_image_plugin(version: str, plugin: str) -> None:
+    text = cri.cri_config_toml(version, sandbox_image=images.PAUSE_REF,
+                               cni_conf_dir=Path("/cni"), registry_config_path=Path("/hosts"))
+    plugins = tomllib.loads(f"version = {3 if version == '2.1' else 2}\n{text}")["plugins"]
+    assert plugins[plugin]["registry"] == {"config_path": "/hosts"}
+    without = cri.cri_config_toml(version, sandbox_image=images.PAUSE_REF,
+                                  cni_conf_dir=Path("/cni"))
+    assert "registry" not in without
+
+
+@pytest.mark.parametrize(("port_map", "types"), [
+    (False, ["bridge"]), (True, ["bridge", "portmap"])])
+def test_conflist_adds_portmap_only_when_asked(port_map: bool, types: list[str]) -> None:
+    conflist = cri.cni_conflist("n", "br0", Path("/ipam"), port_map=port_map)
+    assert [p["type"] for p in conflist["plugins"]] == types
+    if port_map:
+        assert conflist["plugins"][1]["capabilities"] == {"portMappings": True}
