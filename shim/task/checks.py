@@ -51,10 +51,10 @@ def exec_process(exec_id: str, raw: bytes) -> dict[str, Any]:
 
 
 def check_signal(what: str, signal: int) -> int:
-    # 0 is kill(2)'s "is it there?", which runc passes on too.
-    if not 0 <= signal <= MAX_SIGNAL:
+    # runsc refuses 0 (kill(2)'s "is it there?") as an unknown signal too.
+    if not 1 <= signal <= MAX_SIGNAL:
         raise InvalidArgument(f"cannot signal {what}: {signal} is not a signal number "
-                              f"(0 to {MAX_SIGNAL})")
+                              f"(1 to {MAX_SIGNAL})")
     return signal
 
 

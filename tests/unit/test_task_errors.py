@@ -393,6 +393,8 @@ OP_CASES: list[tuple[str, Setup, str, Callable[[World], betterproto.Message], Co
      lambda w: _exec("e1", {"args": ["t"], "user": {"uid": "0"}}), Code.INVALID_ARGUMENT),
     ("signal past SIGRTMAX", _running, "Kill", lambda w: api.KillRequest(id="c1", signal=65),
      Code.INVALID_ARGUMENT),
+    ("signal 0", _running, "Kill", lambda w: api.KillRequest(id="c1", signal=0),
+     Code.INVALID_ARGUMENT),  # runsc: unknown signal "0"
     ("terminal too wide", _running, "ResizePty",
      lambda w: api.ResizePtyRequest(id="c1", width=70000, height=24), Code.INVALID_ARGUMENT),
     ("checkpoint without a path", _running, "Checkpoint",
@@ -408,7 +410,7 @@ OP_CASES: list[tuple[str, Setup, str, Callable[[World], betterproto.Message], Co
      Code.UNIMPLEMENTED),
     # accepted
     ("exec", _running, "Exec", lambda w: _exec("e1", {"args": ["true"], "cwd": "/"}), Code.OK),
-    ("signal 0", _running, "Kill", lambda w: api.KillRequest(id="c1", signal=0), Code.OK),
+    ("signal 9", _running, "Kill", lambda w: api.KillRequest(id="c1", signal=9), Code.OK),
     ("checkpoint", _running, "Checkpoint", lambda w: api.CheckpointTaskRequest(
         id="c1", path="/ckpt"), Code.OK),
 ]
