@@ -6,10 +6,12 @@ table (``shim.task.errors``), which is what containerd branches on
 (shim-protocol.md §1.4): NotFound for a gone task or an exited process,
 FailedPrecondition for an operation in the wrong state, AlreadyExists for a
 duplicate id, InvalidArgument for bad input, Unimplemented for what runsc
-cannot do. No imports: every layer may use these.
+cannot do. Nothing but the standard library: every layer may use these.
 """
 
 from __future__ import annotations
+
+import errno
 
 __all__ = [
     "AlreadyExists",
@@ -18,6 +20,7 @@ __all__ = [
     "NotFound",
     "ShimError",
     "Unimplemented",
+    "bad_path",
 ]
 
 
@@ -47,3 +50,19 @@ class InvalidArgument(ShimError):
 
 class Unimplemented(ShimError):
     """Something this shim (or runsc) does not do."""
+
+
+# errnos that say a path the caller gave is wrong (missing, the wrong kind of
+# file, not allowed), as opposed to the host failing (EMFILE, ENOMEM, EIO, ...).
+_BAD_PATH_ERRNOS = frozenset({
+    errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.ENXIO, errno.EACCES,
+    errno.ELOOP, errno.ENAMETOOLONG, errno.EROFS, errno.EINVAL, errno.ENODEV,
+})
+
+
+def bad_path(exc: OSError, what: str) -> InvalidArgument | None:
+    """InvalidArgument for an OSError on a path from the request (``what`` names
+    the field and the path); None when the errno is the host's problem."""
+    if exc.errno not in _BAD_PATH_ERRNOS:
+        return None
+    return InvalidArgument(f"{what}: {exc.strerror or exc}")

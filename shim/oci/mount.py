@@ -12,7 +12,7 @@ import os
 from collections.abc import Sequence
 from typing import NamedTuple
 
-from shim.errors import InvalidArgument
+from shim.errors import InvalidArgument, bad_path
 
 __all__ = ["MountSpec", "mount_rootfs", "unmount_all"]
 
@@ -83,19 +83,28 @@ def mount_rootfs(mounts: Sequence[MountSpec], rootfs: str) -> None:
     """Mount containerd's rootfs mounts at ``rootfs`` (+ each mount's target).
 
     containerd 1.6 never sends ``target``; 1.7+ may. A read-only bind needs a
-    second remount call, as the kernel ignores MS_RDONLY on the first.
+    second remount call, as the kernel ignores MS_RDONLY on the first. A mount
+    the kernel refuses for its source, type or options is InvalidArgument.
     """
     done: list[str] = []
     try:
-        for m in mounts:
+        for i, m in enumerate(mounts):
             target = _inside(rootfs, m.target)
             flags, data = _parse_options(m.options)
             fstype = "" if flags & _MS_BIND else m.type
-            _mount(m.source, target, fstype, flags, data)
-            done.append(target)
-            if flags & _MS_BIND and flags & _MS_RDONLY:
-                _mount("", target, "", flags | _MS_REMOUNT, "")
-    except OSError:
+            try:
+                _mount(m.source, target, fstype, flags, data)
+                done.append(target)
+                if flags & _MS_BIND and flags & _MS_RDONLY:
+                    _mount("", target, "", flags | _MS_REMOUNT, "")
+            except OSError as e:
+                # A missing source, an unknown type or bad options: the request's fault.
+                refusal = bad_path(e, f"rootfs mount {i} ({m.type} {m.source} on "
+                                      f"{m.target or '/'}, options {','.join(m.options)})")
+                if refusal is None:
+                    raise
+                raise refusal from None
+    except BaseException:
         for target in reversed(done):
             unmount_all(target)
         raise

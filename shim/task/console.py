@@ -29,7 +29,7 @@ import tempfile
 import termios
 import threading
 
-from shim.task.stdio import StdioPaths, fifo_path
+from shim.task.stdio import StdioPaths, fifo_path, opening
 
 __all__ = ["ConsoleIO", "ConsoleSocket"]
 
@@ -113,15 +113,13 @@ class ConsoleIO:
         self._stdout_keep: int | None = None
         self._lock = threading.Lock()
         self._closed = False
-        if paths.stdin:
-            _, path = fifo_path(paths.stdin, "stdin")
-            self._stdin = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-            self._stdin_writer = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-            os.set_blocking(self._stdin, True)
-        if paths.stdout:
-            _, path = fifo_path(paths.stdout, "stdout")
-            self._stdout_keep = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-            self._stdout = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            self._open_fifos(paths)
+        except BaseException:
+            for fd in (self._stdin, self._stdin_writer, self._stdout_keep, self._stdout):
+                if fd is not None:
+                    os.close(fd)
+            raise
         self._threads = [threading.Thread(target=self._pump_out, args=(os.dup(master),),
                                           daemon=True)]
         if self._stdin is not None:
@@ -129,6 +127,19 @@ class ConsoleIO:
                                                   daemon=True))
         for t in self._threads:
             t.start()
+
+    def _open_fifos(self, paths: StdioPaths) -> None:
+        if paths.stdin:
+            _, path = fifo_path(paths.stdin, "stdin")
+            with opening("stdin", path):
+                self._stdin = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+                self._stdin_writer = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            os.set_blocking(self._stdin, True)
+        if paths.stdout:
+            _, path = fifo_path(paths.stdout, "stdout")
+            with opening("stdout", path):
+                self._stdout_keep = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+                self._stdout = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
 
     def resize(self, width: int, height: int) -> bool:
         """False once the terminal is closed. The master's fd number is only

@@ -102,6 +102,8 @@ class Container:
         self._on_event = on_event  # ("start" | "exit" | "oom", process)
         self._rootfs_mounted = False
         self._tasks: set[asyncio.Task[None]] = set()
+        # The sandbox process's cgroup, read while it runs: where its OOM kills count.
+        self._sandbox_cgroup: oom.ProcCgroup | None = None
 
     @property
     def subcontainer(self) -> bool:
@@ -146,6 +148,8 @@ class Container:
             io.child_spawned()
         self.init.pid = int(Path(pid_file).read_text().strip())
         if not self.subcontainer:
+            if _sandbox_alive(self.init.pid):  # not a reaped pid that is reused
+                self._sandbox_cgroup = oom.sandbox_cgroup(self.init.pid)
             # The sandbox was reparented to us when `runsc create` exited; an
             # exit before this line is held by the reaper until watched.
             self._spawn(self._watch_exit(self.init, self.watcher.watch(self.init.pid)))
@@ -379,7 +383,8 @@ class Container:
                                            "pid": proc.pid, "exit_status": code})
         if deleted:
             return
-        if proc.is_init and code == _SANDBOX_GONE and oom.killed(self.params.cgroups_path):
+        if proc.is_init and code == _SANDBOX_GONE and oom.killed(
+                self.params.cgroups_path, sandbox=self._sandbox_cgroup):
             self._on_event("oom", proc)
         self._on_event("exit", proc)
 

@@ -15,7 +15,6 @@ the same answer.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 from collections import OrderedDict
@@ -37,6 +36,13 @@ from shim.oci.ids import check_id
 from shim.protowire import WireFormatError, strict_parse
 from shim.runsc import CommandRunner, ProbeCache, Runsc
 from shim.task import stats as metrics
+from shim.task.checks import (
+    check_bundle,
+    check_checkpoint_path,
+    check_signal,
+    check_terminal_size,
+    exec_process,
+)
 from shim.task.container import Container, CreateParams
 from shim.task.create import prepare
 from shim.task.pod import Sandbox
@@ -156,6 +162,7 @@ class TaskService:
     async def create(self, req: api.CreateTaskRequest, ctx: CallContext) -> api.CreateTaskResponse:
         check_id("container id", req.id)
         namespace = check_id("namespace", ctx.namespace or self.namespace)
+        check_bundle(req.bundle)
         if req.id in self.containers or req.id in self._creating:
             raise AlreadyExists(f"container {req.id} already exists in this shim")
         self._shutdown_asked = False  # containerd is still using this shim
@@ -216,12 +223,7 @@ class TaskService:
 
     async def exec(self, req: api.ExecProcessRequest, ctx: CallContext) -> Empty:
         check_id("exec id", req.exec_id)
-        try:
-            spec = json.loads(bytes(req.spec.value))
-        except ValueError as e:
-            raise InvalidArgument(f"exec {req.exec_id}: process spec is not JSON: {e}") from None
-        if not isinstance(spec, dict):
-            raise InvalidArgument(f"exec {req.exec_id}: process spec must be a JSON object")
+        spec = exec_process(req.exec_id, bytes(req.spec.value))
         self._get(req.id).add_exec(
             req.exec_id, spec, StdioPaths(req.stdin, req.stdout, req.stderr, req.terminal))
         self.events.publish("/tasks/exec-added", "containerd.events.TaskExecAdded",
@@ -229,6 +231,7 @@ class TaskService:
         return Empty()
 
     async def kill(self, req: api.KillRequest, ctx: CallContext) -> Empty:
+        check_signal(f"container {req.id}", req.signal)
         await self._complete(self._get(req.id).kill(req.exec_id, req.signal, req.all))
         return Empty()
 
@@ -248,6 +251,7 @@ class TaskService:
 
     async def checkpoint(self, req: api.CheckpointTaskRequest, ctx: CallContext) -> Empty:
         c = self._get(req.id)
+        check_checkpoint_path(f"container {req.id}", req.path)
         leave_running = not _checkpoint_options(req.options).exit
         await self._complete(self._then_publish(
             c.checkpoint(req.path, leave_running=leave_running), "/tasks/checkpointed",
@@ -295,6 +299,7 @@ class TaskService:
             data, cgroup_v2=self._cgroup_v2, memory_limit=c.params.memory_limit))
 
     async def resize_pty(self, req: api.ResizePtyRequest, ctx: CallContext) -> Empty:
+        check_terminal_size(f"container {req.id}", req.width, req.height)
         self._get(req.id).resize_pty(req.exec_id, req.width, req.height)
         return Empty()
 

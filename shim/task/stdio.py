@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from urllib.parse import urlparse
 
-from shim.errors import InvalidArgument, Unimplemented
+from shim.errors import InvalidArgument, Unimplemented, bad_path
 
-__all__ = ["ProcessIO", "StdioPaths", "fifo_path"]
+__all__ = ["ProcessIO", "StdioPaths", "fifo_path", "opening"]
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,18 @@ def fifo_path(uri: str, what: str) -> tuple[str, str]:
     raise InvalidArgument(f"{what} {uri!r}: expected an absolute FIFO path, fifo:// or file:// URI")
 
 
+@contextlib.contextmanager
+def opening(what: str, path: str) -> Iterator[None]:
+    """A path containerd named that cannot be opened is bad input, not a crash."""
+    try:
+        yield
+    except OSError as e:
+        refusal = bad_path(e, f"cannot open {what} {path}")
+        if refusal is None:
+            raise
+        raise refusal from None
+
+
 def _open_blocking(path: str, flags: int) -> int:
     fd = os.open(path, flags | os.O_NONBLOCK | os.O_CLOEXEC)
     os.set_blocking(fd, True)
@@ -69,6 +82,7 @@ class ProcessIO:
 
     @classmethod
     def open(cls, paths: StdioPaths) -> ProcessIO:
+        """InvalidArgument naming the stream when one of the paths cannot be opened."""
         opened: list[int] = []
         try:
             return cls._open(paths, opened)
@@ -90,23 +104,25 @@ class ProcessIO:
         stdin_fd, writer = null_in, None
         if paths.stdin:
             _, path = fifo_path(paths.stdin, "stdin")
-            # Reader first: O_NONBLOCK opens of a FIFO's read end never block,
-            # and then the keep-alive writer's open succeeds at once.
-            stdin_fd = track(_open_blocking(path, os.O_RDONLY))
-            writer = track(os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC))
+            with opening("stdin", path):
+                # Reader first: O_NONBLOCK opens of a FIFO's read end never
+                # block, and then the keep-alive writer's open succeeds at once.
+                stdin_fd = track(_open_blocking(path, os.O_RDONLY))
+                writer = track(os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC))
         outs: list[int] = []
         for uri, what in ((paths.stdout, "stdout"), (paths.stderr, "stderr")):
             if not uri or (what == "stderr" and paths.terminal):
                 outs.append(null_out)
                 continue
             scheme, path = fifo_path(uri, what)
-            if scheme == "file":
-                os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
-                flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
-                outs.append(track(os.open(path, flags, 0o644)))
-                continue
-            keep.append(track(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)))
-            outs.append(track(_open_blocking(path, os.O_WRONLY)))
+            with opening(what, path):
+                if scheme == "file":
+                    os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+                    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+                    outs.append(track(os.open(path, flags, 0o644)))
+                    continue
+                keep.append(track(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)))
+                outs.append(track(_open_blocking(path, os.O_WRONLY)))
         io = cls(paths, (stdin_fd, outs[0], outs[1]), keep, writer)
         io._keep.extend([null_in, null_out])
         return io

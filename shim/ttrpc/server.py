@@ -10,6 +10,14 @@ A reply is one ``transport.write`` of a whole frame, so replies never
 interleave. While the transport asks us to pause writing, handler tasks wait
 before writing and the connection stops reading new requests.
 
+One peer cannot make the server hold unbounded memory: a connection runs at
+most ``max_in_flight`` handlers (and their requests' bytes up to
+``_MAX_IN_FLIGHT_BYTES``). Past that it stops *reading*, so the peer's writes
+back up into its own socket; requests already read wait, undecoded, in a
+backlog no larger than one read. Nothing is refused: containerd keeps a
+``Wait`` in flight per process on one connection, so the bound is generous,
+and reading resumes once the handlers drop below three quarters of it.
+
 Errors meet the wire in :func:`_invoke` only: an :class:`RpcError` is an
 expected answer, and so is any exception the ``error_status`` function given
 to the server maps to a code (the task service's domain errors); anything else
@@ -19,6 +27,7 @@ is logged with its traceback and answered Unknown with the exception text.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import os
 import socket
@@ -46,6 +55,11 @@ ErrorStatus = Callable[[Exception], "Code | None"]
 """The wire code for an exception a handler raised on purpose; None: unexpected."""
 
 _PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+
+MAX_IN_FLIGHT = 1024
+"""Handlers one connection may run at once; containerd needs one per Wait."""
+# Request bytes those handlers may hold (a request is at most 4 MiB).
+_MAX_IN_FLIGHT_BYTES = 64 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,10 +89,14 @@ class Server:
     """Serves registered unary methods on an already listening unix socket."""
 
     def __init__(self, *, require_same_user: bool = True,
-                 error_status: ErrorStatus | None = None) -> None:
+                 error_status: ErrorStatus | None = None,
+                 max_in_flight: int = MAX_IN_FLIGHT) -> None:
         # Go's ttrpc server only talks to peers with its own uid and gid
         # (UnixSocketRequireSameUser); containerd and its shims always match.
         self._require_same_user = require_same_user
+        if max_in_flight < 1:
+            raise ValueError("max_in_flight must be at least 1")
+        self.max_in_flight = max_in_flight
         self.error_status: ErrorStatus = error_status or (lambda exc: None)
         self._methods: dict[tuple[str, str], _Method] = {}
         self._services: set[str] = set()
@@ -232,6 +250,10 @@ class _Connection(asyncio.Protocol):
         self._writable = asyncio.Event()
         self._writable.set()
         self.tasks: set[asyncio.Task[None]] = set()
+        # Frames read while at the in-flight bound, dispatched as handlers end.
+        self._backlog: collections.deque[codec.Event] = collections.deque()
+        self._in_flight_bytes = 0
+        self._reading_paused = False
         self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     # --- asyncio callbacks --------------------------------------------------------
@@ -252,8 +274,8 @@ class _Connection(asyncio.Protocol):
             log.warning("ttrpc: closing connection: %s", exc)
             self.abort()
             return
-        for event in events:
-            self._dispatch(event)
+        self._backlog.extend(events)
+        self._drain_backlog()
 
     def eof_received(self) -> bool:
         try:
@@ -267,6 +289,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._server._connections.discard(self)
+        self._backlog.clear()
         for task in self.tasks:
             task.cancel()
         # Writers parked on back-pressure must wake up and see the closed transport.
@@ -278,13 +301,48 @@ class _Connection(asyncio.Protocol):
     def pause_writing(self) -> None:
         # Stop taking requests while the peer is not reading our replies.
         self._writable.clear()
-        if self._transport is not None:
-            self._transport.pause_reading()
+        self._update_reading()
 
     def resume_writing(self) -> None:
         self._writable.set()
-        if self._transport is not None and not self._transport.is_closing():
-            self._transport.resume_reading()
+        self._drain_backlog()
+
+    # --- flow control ---------------------------------------------------------------
+
+    @property
+    def reading_paused(self) -> bool:
+        return self._reading_paused
+
+    def _update_reading(self) -> None:
+        """Read while replies can be written and handlers are below the bound;
+        once stopped for the bound, read again below three quarters of it."""
+        limit = self._server.max_in_flight
+        if self._reading_paused:
+            busy = len(self.tasks) > limit * 3 // 4 or self._in_flight_bytes > (
+                _MAX_IN_FLIGHT_BYTES // 2)
+        else:
+            busy = len(self.tasks) >= limit or self._in_flight_bytes >= _MAX_IN_FLIGHT_BYTES
+        pause = not self._writable.is_set() or bool(self._backlog) or busy
+        transport = self._transport
+        if transport is None or transport.is_closing() or pause == self._reading_paused:
+            return
+        self._reading_paused = pause
+        if pause:
+            transport.pause_reading()
+        else:
+            transport.resume_reading()
+
+    def _has_room(self, event: codec.Event) -> bool:
+        if not self.tasks:
+            return True
+        size = len(event.data) if isinstance(event, codec.Frame) else 0
+        return (len(self.tasks) < self._server.max_in_flight
+                and self._in_flight_bytes + size <= _MAX_IN_FLIGHT_BYTES)
+
+    def _drain_backlog(self) -> None:
+        while self._backlog and self._writable.is_set() and self._has_room(self._backlog[0]):
+            self._dispatch(self._backlog.popleft())
+        self._update_reading()
 
     # --- closing ------------------------------------------------------------------
 
@@ -336,12 +394,14 @@ class _Connection(asyncio.Protocol):
             self._serve(stream_id, request, method),
             name=f"ttrpc {request.service}/{request.method} stream {stream_id}",
         )
+        size = len(event.data)
         self.tasks.add(task)
-        task.add_done_callback(self._task_done)
+        self._in_flight_bytes += size
+        task.add_done_callback(lambda t: self._task_done(t, size))
 
     def _reply_now(self, stream_id: int, code: Code, message: str) -> None:
-        # Small error replies skip back-pressure: reading is already paused
-        # whenever writing is, so they cannot pile up.
+        # Small error replies skip back-pressure: reading and the backlog are
+        # already paused whenever writing is, so they cannot pile up.
         if self._transport is not None and not self._transport.is_closing():
             self._transport.write(codec.encode_response(stream_id, code=code, message=message))
 
@@ -358,10 +418,12 @@ class _Connection(asyncio.Protocol):
         if self._transport is not None and not self._transport.is_closing():
             self._transport.write(frame)
 
-    def _task_done(self, task: asyncio.Task[None]) -> None:
+    def _task_done(self, task: asyncio.Task[None], size: int) -> None:
         self.tasks.discard(task)
+        self._in_flight_bytes -= size
         if not task.cancelled() and (exc := task.exception()) is not None:
             log.error("ttrpc: %s crashed", task.get_name(), exc_info=exc)
+        self._drain_backlog()
 
 
 def _context(stream_id: int, request: Request) -> CallContext:

@@ -613,6 +613,25 @@ def test_memory_limit_oom_kill(ctr: cd.Ctr, busybox: str, runtime: Runtime,
     assert exit_event.get("exit_status", 0) == out.returncode, exit_event
 
 
+def test_oom_kill_under_a_systemd_cgroups_path(ctr: cd.Ctr, busybox: str,
+                                               container_id: Callable[[str], str],
+                                               gvisorgpu: list[str]) -> None:
+    """With the kubelet's systemd cgroup driver containerd writes cgroupsPath as
+    slice:prefix:name. runsc without --systemd-cgroup (the only way on cgroup
+    v1) makes that string a cgroup below its own, colons and all; the shim
+    still finds the sandbox's OOM counter and publishes TaskOOM."""
+    cid = container_id("oomsd")
+    cgroups_path = f"kubepods-besteffort-pod{os.getpid()}.slice:cri-containerd:{cid}"
+    with events(ctr, busybox, container_id("probe")) as recorder, cleaned_up(ctr, cid):
+        out = ctr("run", "--rm", *gvisorgpu, "--memory-limit", str(32 * MiB),
+                  "--cgroup", cgroups_path, busybox, cid, *_HOG, timeout=60)
+        assert (out.returncode, out.stdout) == (137, ""), out.stderr
+        assert recorder.wait_for(lambda ln: "/tasks/exit" in ln and cid in ln)
+    topics = [t for t, _ in recorder.of(cid)]
+    assert "/tasks/oom" in topics, recorder.lines
+    assert topics.index("/tasks/oom") < topics.index("/tasks/exit"), topics
+
+
 # --- checkpoint and update ---------------------------------------------------
 
 

@@ -14,6 +14,7 @@ import pytest
 from betterproto.lib.google.protobuf import Any, Empty
 
 from shim.api.containerd.task import v2 as api
+from shim.api.containerd.v1.types import Status
 from shim.ttrpc.client import DeadlineExceededError
 from shim.ttrpc.status import Code, RpcError
 from tests.e2e import leftovers
@@ -88,6 +89,39 @@ async def test_hostile_exec_ids_are_refused() -> None:
         await daemon.call("Kill", api.KillRequest(id="c3", signal=9), Empty)
         await daemon.call("Wait", api.WaitRequest(id="c3"), api.WaitResponse)
         await daemon.call("Delete", api.DeleteRequest(id="c3"), api.DeleteResponse)
+
+
+@pytest.mark.asyncio
+async def test_bad_input_is_invalid_argument_and_leaves_nothing() -> None:
+    """The real daemon and runsc: a stdio FIFO that is not there, an exec with
+    no command, a signal number past SIGRTMAX. Each is InvalidArgument naming
+    what is wrong, runsc keeps nothing, and the daemon goes on serving."""
+    async with shim_daemon() as daemon:
+        request = daemon.create_request("c5", ["true"])
+        request.stdout = str(daemon.workdir / "no-such-fifo")
+        with pytest.raises(RpcError) as info:
+            await daemon.call("Create", request, api.CreateTaskResponse)
+        assert info.value.code == Code.INVALID_ARGUMENT, info.value
+        assert "stdout" in info.value.message and "no-such-fifo" in info.value.message
+        assert leftovers.runsc_state(daemon.runsc_root) == []
+        assert daemon.events.seen == []
+
+        await daemon.create("c6", ["sleep", "60"])
+        await daemon.call("Start", api.StartRequest(id="c6"), api.StartResponse)
+        no_args = api.ExecProcessRequest(id="c6", exec_id="e1", spec=Any(
+            type_url="types.containerd.io/opencontainers/runtime-spec/1/Process",
+            value=b'{"cwd": "/", "env": ["PATH=/bin"]}'))
+        for method, call in (("Exec", no_args), ("Kill", api.KillRequest(id="c6", signal=99)),
+                             ("Kill", api.KillRequest(id="c6", signal=0))):
+            with pytest.raises(RpcError) as info:
+                await daemon.call(method, call, Empty)
+            assert info.value.code == Code.INVALID_ARGUMENT, info.value
+        state = await daemon.call("State", api.StateRequest(id="c6"), api.StateResponse)
+        assert state.status == Status.RUNNING
+        await daemon.call("Kill", api.KillRequest(id="c6", signal=9), Empty)
+        await daemon.call("Wait", api.WaitRequest(id="c6"), api.WaitResponse)
+        await daemon.call("Delete", api.DeleteRequest(id="c6"), api.DeleteResponse)
+        assert leftovers.runsc_state(daemon.runsc_root) == []
 
 
 def _frame(stream_id: int, kind: int, payload: bytes, flags: int = 0) -> bytes:
