@@ -7,6 +7,7 @@ from __future__ import annotations
 from shim.gpu import _oci as oci
 from shim.gpu._bound import listing
 from shim.gpu._context import Context
+from shim.gpu._decide import env_trusted
 from shim.gpu.devices import is_mig_node
 from shim.gpu.facts import (
     ALLOW_UNSUPPORTED_FLAG,
@@ -60,7 +61,8 @@ def check_runsc_nvproxy(ctx: Context) -> None:
 
 def check_mig(ctx: Context) -> None:
     req = ctx.request
-    found = [f"{VISIBLE_ENV}={i}" for i in req.visible.mig]
+    # An ignored NVIDIA_VISIBLE_DEVICES (a pod author's) is voided, so it asks for nothing.
+    found = [f"{VISIBLE_ENV}={i}" for i in req.visible.mig] if env_trusted(ctx) else []
     found += [f"annotation {r.source} requests {r.name}" for r in req.cdi if is_mig_id(r.name.name)]
     found += [str(d.get("path")) for d in oci.devices(ctx.spec) if is_mig_node(str(d.get("path")))]
     found += [f"{name} is set" for name in req.mig_env]

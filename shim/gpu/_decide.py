@@ -69,8 +69,12 @@ def detect(ctx: Context) -> None:
     else:
         req = read_request(ctx.spec, ctx.host.device_nodes, ctx.config, pod_level=pod_level)
     ctx.request = req
+    env_ignored = ctx.role.in_pod and not env_trusted(ctx)
     for cause, fix in req.errors:
-        ctx.refuse(cause, fix, bad_input=True)
+        if env_ignored and (cause, fix) in req.env_errors:
+            ctx.ignore(f"{cause}: ignored with the rest of {VISIBLE_ENV} in a pod")
+        else:
+            ctx.refuse(cause, fix, bad_input=True)
     for line in req.pod_level:
         ctx.ignore(f"{line}: a pod annotation, written by the pod's author, grants no device")
     for extra in req.foreign_cdi:

@@ -182,8 +182,10 @@ class GpuRequest:
     runsc_annotation: bool = False
     pod_annotation: bool = False
     mig_env: tuple[str, ...] = ()
-    # Malformed input, as (cause, fix): always refused.
+    # Malformed input, as (cause, fix): refused (env_errors, a part of
+    # errors, only where NVIDIA_VISIBLE_DEVICES counts at all).
     errors: tuple[Problem, ...] = ()
+    env_errors: tuple[Problem, ...] = ()
     # Annotations left out because they came from the pod (its author), one
     # line each, for the plan's notes.
     pod_level: tuple[str, ...] = ()
@@ -325,5 +327,6 @@ def read_request(
         pod_annotation=_flag_annotation(spec, POD_ANNOTATION, errors),
         mig_env=tuple(n for n in MIG_ENVS if any(v.strip() for v in oci.env_values(spec, n))),
         errors=tuple(errors + env_errors),
+        env_errors=tuple(env_errors),
         pod_level=tuple(ignored),
     )
