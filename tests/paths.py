@@ -24,4 +24,12 @@ CONTAINERD = {
     "1.7": _first(CACHE / "containerd-1.7/usr/bin/containerd"),
     "2.1": _first(CACHE / "containerd-2.1/usr/bin/containerd"),
 }
-SHIM = REPO / ".venv/bin/containerd-shim-gvisorgpu-v1"
+def _shim() -> Path:
+    """The installed shim: GVISORGPU_SHIM, else this checkout's venv (what
+    scripts/install-deps makes), else the one on PATH (installed elsewhere)."""
+    name = "containerd-shim-gvisorgpu-v1"
+    found = _first(os.environ.get("GVISORGPU_SHIM"), REPO / ".venv/bin" / name, shutil.which(name))
+    return found if found is not None else REPO / ".venv/bin" / name
+
+
+SHIM = _shim()

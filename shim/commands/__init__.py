@@ -10,7 +10,7 @@ __all__ = ["run_command"]
 
 
 def _parser() -> argparse.ArgumentParser:
-    from shim.manager.main import NAME
+    from shim.about import NAME
 
     parser = argparse.ArgumentParser(
         prog=NAME, description="containerd shim for gVisor with NVIDIA GPUs (nvproxy).")
@@ -44,7 +44,7 @@ def run_command(argv: list[str]) -> int:
             from shim.commands.doctor import run_doctor
 
             return run_doctor(args)
-        from shim.manager.main import NAME, VERSION
+        from shim.about import NAME, VERSION
 
         print(f"{NAME} {VERSION}")
         return 0

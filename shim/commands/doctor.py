@@ -21,11 +21,11 @@ import tomllib
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from shim.about import NAME, RUNTIME
 from shim.commands._host import probe_runsc, with_reaper
 from shim.config import RuntimeConfig, load_file
 from shim.gpu.detect import gather_host_facts
 from shim.gpu.doctor import Row, check_host
-from shim.manager.main import NAME, RUNTIME
 from shim.runsc import RunscCapabilities
 
 __all__ = ["run_doctor"]

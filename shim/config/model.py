@@ -21,13 +21,19 @@ __all__ = [
     "LOG_LEVELS",
     "NETWORK_MODES",
     "PLATFORMS",
+    "SECCOMP_MODES",
     "Network",
     "NetworkMode",
     "RuntimeConfig",
+    "SeccompMode",
     "resolve_network",
 ]
 
 NetworkMode = Literal["auto", "none", "host", "sandbox"]
+# What to do with a container's seccomp profile: runsc enforces it inside the
+# sandbox only with --oci-seccomp; "warn" runs without it and says so.
+SeccompMode = Literal["enforce", "warn"]
+SECCOMP_MODES: tuple[SeccompMode, ...] = ("enforce", "warn")
 # What runsc's --network takes; "auto" is resolved per sandbox.
 Network = Literal["none", "host", "sandbox"]
 NETWORK_MODES: tuple[NetworkMode, ...] = ("auto", "none", "host", "sandbox")
@@ -50,6 +56,7 @@ class RuntimeConfig:
     debug: bool = False  # runsc --debug
     debug_log: str | None = None  # runsc --debug-log
     network: NetworkMode = "auto"
+    seccomp: SeccompMode = "enforce"
     platform: str | None = None  # None: the binary's default
     runsc_config: Mapping[str, str] = field(default_factory=dict)  # other global flags
     gpu: GpuConfig = field(default_factory=GpuConfig)

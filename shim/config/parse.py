@@ -23,6 +23,7 @@ from shim.config.model import (
     LOG_LEVELS,
     NETWORK_MODES,
     PLATFORMS,
+    SECCOMP_MODES,
     Network,
     RuntimeConfig,
 )
@@ -188,6 +189,7 @@ _KEYS: dict[str, tuple[str, Validator]] = {
     "log_level": ("log_level", _choice(LOG_LEVELS)),
     "log_path": ("log_path", _abs_path),
     "debug": ("debug", _bool),
+    "seccomp": ("seccomp", _choice(SECCOMP_MODES)),
     "network": ("network", _choice(NETWORK_MODES)),
     "platform": ("platform", _choice(PLATFORMS)),
     "gvisorPlatform": ("platform", _choice(PLATFORMS)),  # worker-pool alias

@@ -13,7 +13,8 @@ import os
 import signal
 import socket
 
-from shim.daemon import log as shim_log
+from shim import logfmt as shim_log
+from shim.about import RUNTIME
 from shim.daemon.events import Publisher
 from shim.daemon.reaper import Reaper
 from shim.runsc import ProbeCache
@@ -43,7 +44,7 @@ def warm_up() -> None:
 
 def serve(sock: socket.socket, *, namespace: str, address: str, container_id: str,
           socket_file: str, debug: bool) -> int:
-    shim_log.setup(logging.DEBUG if debug else logging.INFO, runtime="io.containerd.gvisorgpu.v1",
+    shim_log.setup(logging.DEBUG if debug else logging.INFO, runtime=RUNTIME,
                    namespace=namespace)
     ttrpc_address = os.environ.get("TTRPC_ADDRESS") or f"{address}.ttrpc"
     try:

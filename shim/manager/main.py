@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import sys
 
-__all__ = ["NAME", "RUNTIME", "VERSION", "main"]
+from shim.about import NAME, RUNTIME, VERSION
 
-NAME = "containerd-shim-gvisorgpu-v1"
-VERSION = "0.1.0"
-RUNTIME = "io.containerd.gvisorgpu.v1"
+__all__ = ["main"]
+
 _USER_COMMANDS = frozenset({"plan", "doctor", "version", "help", "--help", "--version"})
 _USAGE = f"""\
 usage: {NAME} [-namespace NS] [-address ADDR] [-publish-binary BIN] [-id ID]
@@ -42,8 +41,9 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(_USAGE)
         return 0
     if flags.info:
-        sys.stderr.write(f"{NAME}: -info is not supported\n")
-        return 1
+        from shim.manager.info import info_action
+
+        return info_action()
     if flags.action == "start":
         from shim.manager.start import start_action
 

@@ -8,17 +8,17 @@ would say ``python3 -m shim.manager.forkserver …``.
 
 from __future__ import annotations
 
-__all__ = ["daemon_title", "forkserver_title", "set_title"]
+from shim.about import NAME
 
-_NAME = "containerd-shim-gvisorgpu-v1"
+__all__ = ["daemon_title", "forkserver_title", "set_title"]
 
 
 def daemon_title(namespace: str, group: str, address: str) -> str:
-    return f"{_NAME} -namespace {namespace} -id {group} -address {address}"
+    return f"{NAME} -namespace {namespace} -id {group} -address {address}"
 
 
 def forkserver_title(address: str, containerd_pid: int) -> str:
-    return f"{_NAME} forkserver -address {address} -containerd-pid {containerd_pid}"
+    return f"{NAME} forkserver -address {address} -containerd-pid {containerd_pid}"
 
 
 def set_title(title: str) -> None:

@@ -30,6 +30,7 @@ Facts checked against Debian's 0.0~20221219 and 0.0~20240729 builds:
 """
 
 from shim.runsc._errors import RunscError, last_error_message
+from shim.runsc._features import features
 from shim.runsc._options import (
     FLAG_PANIC_LOG,
     FLAG_SINCE,
@@ -59,6 +60,7 @@ from shim.runsc._probe import (
     UnsupportedFlag,
     check_flags,
     parse_flags,
+    parse_spec_version,
     parse_subcommands,
     parse_version,
     probe,
@@ -106,8 +108,10 @@ __all__ = [
     "WaitOptions",
     "argv",
     "check_flags",
+    "features",
     "last_error_message",
     "parse_flags",
+    "parse_spec_version",
     "parse_subcommands",
     "parse_version",
     "probe",

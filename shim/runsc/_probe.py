@@ -25,6 +25,7 @@ __all__ = [
     "UnsupportedFlag",
     "check_flags",
     "parse_flags",
+    "parse_spec_version",
     "parse_subcommands",
     "parse_version",
     "probe",
@@ -47,6 +48,8 @@ class RunscCapabilities:
     subcommands: frozenset[str]
     # `runsc help platforms` (compiled-in platforms); None if it cannot say.
     platforms: frozenset[str] | None = None
+    # The OCI runtime-spec version it implements (`spec: 1.2.0` in --version).
+    spec_version: str | None = None
 
     def has_flag(self, name: str) -> bool:
         return name.lstrip("-") in self.flags
@@ -95,6 +98,15 @@ def parse_version(text: str) -> tuple[str, int | None]:
     version = first.removeprefix("runsc version").strip()
     m = _RELEASE.search(version)
     return version, int(m.group(1)) if m else None
+
+
+def parse_spec_version(text: str) -> str | None:
+    """``runsc --version`` output -> the "spec: X" line's X."""
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "spec" and value.strip():
+            return value.strip()
+    return None
 
 
 def parse_flags(text: str) -> dict[str, str]:
@@ -160,6 +172,7 @@ def _capabilities(path: str, version_out: Answer, flags_out: Answer, help_out: A
         supported_drivers=drivers,
         subcommands=parse_subcommands(help_out[1]),
         platforms=_platforms(platforms_out),
+        spec_version=parse_spec_version(version_out[1]),
     )
 
 
@@ -198,6 +211,7 @@ def _to_json(caps: RunscCapabilities) -> dict[str, object]:
         "flags": sorted(caps.flags), "default_platform": caps.default_platform,
         "supported_drivers": caps.supported_drivers, "subcommands": sorted(caps.subcommands),
         "platforms": None if caps.platforms is None else sorted(caps.platforms),
+        "spec_version": caps.spec_version,
     }
 
 
@@ -209,7 +223,8 @@ def _from_json(data: dict[str, Any]) -> RunscCapabilities:
         flags=frozenset(data["flags"]), default_platform=data["default_platform"],
         supported_drivers=None if drivers is None else tuple(drivers),
         subcommands=frozenset(data["subcommands"]),
-        platforms=None if platforms is None else frozenset(platforms))
+        platforms=None if platforms is None else frozenset(platforms),
+        spec_version=data["spec_version"])
 
 
 @dataclass

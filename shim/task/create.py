@@ -17,6 +17,7 @@ from typing import Any
 
 import betterproto
 
+from shim import logfmt
 from shim.api.containerd.task.v2 import CreateTaskRequest
 from shim.config import RuntimeConfig
 from shim.config.options import load_config
@@ -31,7 +32,7 @@ from shim.oci import bundle as bundle_io
 from shim.runsc import CommandRunner, GlobalOptions, ProbeCache, RunscCapabilities, probe
 from shim.task.container import CreateParams, mounts_from
 from shim.task.pod import Sandbox
-from shim.task.runsc_options import member_options, sandbox_options
+from shim.task.runsc_options import member_options, sandbox_options, seccomp_enforced
 from shim.task.stdio import StdioPaths
 
 __all__ = ["CreatePlan", "Prepared", "plan_create", "prepare"]
@@ -75,6 +76,7 @@ async def prepare(req: CreateTaskRequest, *, namespace: str, sandboxes: Mapping[
     if req.checkpoint:
         raise InvalidArgument(f"container {req.id}: restoring from a checkpoint is not supported")
     config = load_config(req.options if betterproto.serialized_on_wire(req.options) else None)
+    logfmt.apply_config(config.log_level, config.shim_log_path(req.id))
     caps = await probe(config.binary_name, runner, probes)
     spec = bundle_io.load_spec(req.bundle)
     decided = await plan_create(spec, caps, config, container_id=req.id, bundle=req.bundle,
@@ -83,6 +85,7 @@ async def prepare(req: CreateTaskRequest, *, namespace: str, sandboxes: Mapping[
     if result.refusals:
         refused = InvalidArgument if result.bad_input else FailedPrecondition
         raise refused("; ".join(result.refusals))
+    _check_seccomp(req.id, result.spec, decided.runsc, config)
     for warning in (*config.warnings, *result.warnings):
         log.warning(warning, extra={"container_id": req.id})
     if result.spec != spec:
@@ -230,3 +233,22 @@ def _with(role: SandboxRole, **changes: Any) -> SandboxRole:
     import dataclasses
 
     return dataclasses.replace(role, **changes)
+
+
+def _check_seccomp(container_id: str, spec: dict[str, Any], runsc: GlobalOptions,
+                   config: RuntimeConfig) -> None:
+    """A container's seccomp profile is enforced (runsc --oci-seccomp), or the
+    container is refused; ``seccomp = "warn"`` runs it anyway and says so. A
+    security runtime never drops a profile silently."""
+    if not (spec.get("linux") or {}).get("seccomp") or seccomp_enforced(runsc):
+        return
+    cause = (f"container {container_id} has a seccomp profile, but its sandbox runs without "
+             "--oci-seccomp, so runsc would not enforce it")
+    if config.seccomp == "warn":
+        log.warning("%s; running it anyway (seccomp = \"warn\")", cause,
+                    extra={"container_id": container_id})
+        return
+    raise FailedPrecondition(
+        f"{cause}. Fix: use a runsc that has --oci-seccomp, remove oci-seccomp = \"false\" from "
+        '[runsc_config] (for a pod: before its sandbox starts), or set seccomp = "warn" in '
+        "the shim's runtime config to run without the profile")

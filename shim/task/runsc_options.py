@@ -17,7 +17,12 @@ from shim.gpu.plan import Plan
 from shim.oci.layout import PANIC_LOG, RUNSC_LOG
 from shim.runsc import FLAG_PANIC_LOG, GlobalOptions, RunscCapabilities, check_flags
 
-__all__ = ["member_options", "runsc_log_path", "sandbox_options"]
+__all__ = ["FLAG_OCI_SECCOMP", "member_options", "runsc_log_path", "sandbox_options",
+           "seccomp_enforced"]
+
+# runsc loads the OCI spec's seccomp filters inside the sandbox only with this
+# (present in every build since 2022).
+FLAG_OCI_SECCOMP = "oci-seccomp"
 
 
 def runsc_log_path(bundle: str) -> str:
@@ -30,6 +35,10 @@ def sandbox_options(config: RuntimeConfig, caps: RunscCapabilities, plan: Plan, 
     flags = {**config.runsc_config, **plan.runsc_flags}
     # The planner may pick the platform (systrap for GPU work); it is a typed option.
     platform = flags.pop("platform", None) or config.platform
+    if FLAG_OCI_SECCOMP not in flags and caps.has_flag(FLAG_OCI_SECCOMP):
+        # Without it runsc ignores every container's seccomp profile. Set at
+        # sandbox boot, so the pod's app containers' profiles are enforced too.
+        flags[FLAG_OCI_SECCOMP] = "true"
     if FLAG_PANIC_LOG not in flags and caps.has_flag(FLAG_PANIC_LOG):
         # Where a crashing sandbox says why; RunscError reads it back. A
         # panic-log the operator set under [runsc_config] is kept, and read.
@@ -61,3 +70,7 @@ def member_options(sandbox: GlobalOptions, bundle: str) -> GlobalOptions:
     command log is its own. The panic log stays the sandbox's: the sandbox
     process, started with the pause container's flags, is what writes it."""
     return replace(sandbox, log=runsc_log_path(bundle))
+
+
+def seccomp_enforced(options: GlobalOptions) -> bool:
+    return options.extra.get(FLAG_OCI_SECCOMP) == "true"

@@ -13,6 +13,7 @@ then clears them so the next test starts clean.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import secrets
 import signal
@@ -24,7 +25,7 @@ import pytest
 
 from tests import paths
 from tests.e2e import containerd as cd
-from tests.e2e import images, leftovers
+from tests.e2e import cri, images, leftovers
 
 
 class ContainerdPool:
@@ -223,3 +224,37 @@ def go_runsc(containerd: cd.Containerd, runsc_2024: Path) -> list[str]:
     the same global flags as `gvisorgpu` (the comparison baseline)."""
     wrapper = cd.write_runsc_wrapper(containerd.workdir / "runsc-go", runsc_2024)
     return cd.go_runsc_args(wrapper, containerd.runsc_root)
+
+
+# --- CRI: one containerd with the CRI plugin per test module and version ---------
+
+
+@contextlib.contextmanager
+def cri_module(request: pytest.FixtureRequest, version: str, runsc: Path | None,
+               pause_image: images.Image, busybox_image: images.Image,
+               **options: Any) -> Iterator[cri.CriEnv]:
+    """What a module's ``cri_env`` fixture yields: a CRI containerd of
+    ``version`` with the runc handler, and the gvisorgpu one when ``runsc`` is
+    given; ``options`` go to :func:`tests.e2e.cri.cri_containerd`."""
+    why = cd.missing_for(version)
+    if why is not None:
+        pytest.skip(why)
+    with cri.cri_containerd(
+            version, runsc=runsc,
+            images=[(pause_image.archive, pause_image.ref),
+                    (busybox_image.archive, busybox_image.ref)],
+            keep_dir=bool(request.config.getoption("keep_e2e_dirs")), **options) as env:
+        yield env
+
+
+@pytest.fixture
+def env(cri_env: cri.CriEnv) -> Iterator[cri.CriEnv]:
+    """The module's CRI containerd (its ``cri_env``), with the gvisorgpu handler's
+    default runtime config; the test fails if it leaves anything behind."""
+    if cri_env.runtime_config is not None:
+        cri_env.configure()
+    yield cri_env
+    found = cri_env.reset()
+    if found:
+        pytest.fail(f"the test left these behind (containerd {cri_env.daemon.version}, "
+                    f"{cri_env.daemon.workdir}):\n  " + "\n  ".join(found), pytrace=False)

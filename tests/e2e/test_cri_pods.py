@@ -46,6 +46,7 @@ from tests import paths
 from tests.e2e import containerd as cd
 from tests.e2e import cri, images, leftovers
 from tests.e2e import podresources_stub as kubelet
+from tests.e2e.conftest import cri_module
 from tests.e2e.test_gpu import CDI_SPEC
 
 pytestmark = pytest.mark.e2e
@@ -81,37 +82,15 @@ def gpu_files(tmp_path_factory: pytest.TempPathFactory) -> GpuFiles:
 def cri_env(request: pytest.FixtureRequest, containerd_version: str, runsc_2024: Path,
             pause_image: images.Image, busybox_image: images.Image,
             gpu_files: GpuFiles) -> Iterator[cri.CriEnv]:
-    """One CRI containerd per version with the gvisorgpu handler. CDI requests in
-    container annotations reach the shim; 2.x also resolves them itself from
-    the module's spec folder, as it does on a node."""
-    why = cd.missing_for(containerd_version)
-    if why is not None:
-        pytest.skip(why)
+    """The gvisorgpu handler. CDI requests in container annotations reach the
+    shim; 2.x also resolves them itself from the module's spec folder, as it
+    does on a node."""
     if not paths.SHIM.exists():
         pytest.skip(f"{paths.SHIM.name} is not installed (pip install -e .)")
-    with cri.cri_containerd(
-            containerd_version, runsc=runsc_2024,
-            images=[(pause_image.archive, pause_image.ref),
-                    (busybox_image.archive, busybox_image.ref)],
-            container_annotations=["cdi.k8s.io/*"], cdi_spec_dirs=[str(gpu_files.cdi_dir)],
-            keep_dir=bool(request.config.getoption("keep_e2e_dirs"))) as env:
+    with cri_module(request, containerd_version, runsc_2024, pause_image, busybox_image,
+                    container_annotations=["cdi.k8s.io/*"],
+                    cdi_spec_dirs=[str(gpu_files.cdi_dir)]) as env:
         yield env
-
-
-@pytest.fixture
-def env(cri_env: cri.CriEnv) -> Iterator[cri.CriEnv]:
-    """The module's containerd with the default runtime config (network none).
-    Tests check leftovers themselves (an expected failure must stay one); this
-    only clears what a failed test left."""
-    cri_env.configure()
-    yield cri_env
-    cri_env.reset()
-    # reset() misses shim daemons started as `python3 -IS <launcher>` (see shim_daemons).
-    daemons = shim_daemons(cri_env)
-    for daemon in daemons:
-        with contextlib.suppress(psutil.Error):
-            daemon.kill()
-    psutil.wait_procs(daemons, timeout=5)
 
 
 # ---- what the tests look at ----

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,8 +21,8 @@ import pytest
 from shim.api.k8s.cri.runtime.v1 import ContainerState, ImageSpec, ImageStatusRequest
 from shim.api.k8s.cri.runtime.v1 import PodSandboxState as PodState
 from tests import paths
-from tests.e2e import containerd as cd
 from tests.e2e import cri, images, leftovers
+from tests.e2e.conftest import cri_module
 
 pytestmark = pytest.mark.e2e
 
@@ -31,57 +30,10 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture(scope="module")
 def cri_env(request: pytest.FixtureRequest, containerd_version: str,
             pause_image: images.Image, busybox_image: images.Image) -> Iterator[cri.CriEnv]:
-    """One CRI-enabled containerd per version for this module; gvisorgpu only with
-    runsc 20240729 and the shim installed."""
-    why = cd.missing_for(containerd_version)
-    if why is not None:
-        pytest.skip(why)
+    """gvisorgpu only with runsc 20240729 and the shim installed."""
     runsc = paths.RUNSC_2024 if paths.SHIM.exists() else None
-    with cri.cri_containerd(
-            containerd_version, runsc=runsc,
-            images=[(pause_image.archive, pause_image.ref),
-                    (busybox_image.archive, busybox_image.ref)],
-            keep_dir=bool(request.config.getoption("keep_e2e_dirs"))) as env:
+    with cri_module(request, containerd_version, runsc, pause_image, busybox_image) as env:
         yield env
-
-
-@pytest.fixture
-def env(cri_env: cri.CriEnv) -> Iterator[cri.CriEnv]:
-    """The module's CRI containerd; the test fails if it leaves anything behind."""
-    yield cri_env
-    found = cri_env.reset()
-    if found:
-        pytest.fail(f"the test left these behind (containerd {cri_env.daemon.version}, "
-                    f"{cri_env.daemon.workdir}):\n  " + "\n  ".join(found), pytrace=False)
-
-
-@pytest.mark.parametrize("version", ["1.6", "2.1"])
-def test_config_has_both_handlers_and_the_machine_settings(version: str) -> None:
-    text = cri.cri_config_toml(version, sandbox_image=images.PAUSE_REF,
-                               cni_conf_dir=Path("/cni"), gvisorgpu_config=Path("/g.toml"))
-    # The fragment follows the daemon's own [plugins] table, so it must parse under one.
-    plugins = tomllib.loads(f"version = {3 if version == '2.1' else 2}\n{text}")["plugins"]
-    if version == "2.1":
-        runtime = plugins["io.containerd.cri.v1.runtime"]
-        assert plugins["io.containerd.cri.v1.images"]["pinned_images"] == {
-            "sandbox": images.PAUSE_REF}
-        assert runtime["cni"]["bin_dirs"] == [cri.CNI_BIN_DIR]
-        assert runtime["cdi_spec_dirs"] == []
-    else:
-        runtime = plugins["io.containerd.grpc.v1.cri"]
-        assert runtime["sandbox_image"] == images.PAUSE_REF
-        assert runtime["cni"]["bin_dir"] == cri.CNI_BIN_DIR
-    assert plugins["io.containerd.grpc.v1.cri"]["stream_server_port"] == "0"
-    assert runtime["restrict_oom_score_adj"] is True
-    assert runtime["netns_mounts_under_state_dir"] is True
-    assert runtime["cni"]["conf_dir"] == "/cni"
-    handlers = runtime["containerd"]["runtimes"]
-    assert runtime["containerd"]["default_runtime_name"] == cri.HANDLER_RUNC
-    assert handlers[cri.HANDLER_RUNC] == {"runtime_type": cd.RUNTIME_RUNC}
-    assert handlers[cri.HANDLER_GVISORGPU] == {
-        "runtime_type": cd.RUNTIME_GVISORGPU,
-        "pod_annotations": ["dev.gvisorgpu.*", "cdi.k8s.io/*"],
-        "options": {"TypeUrl": "io.containerd.gvisorgpu.v1.options", "ConfigPath": "/g.toml"}}
 
 
 def test_cri_is_ready_and_sees_the_local_images(env: cri.CriEnv) -> None:

@@ -137,7 +137,7 @@ def test_kit_holds_what_the_manifest_says(made_kit: Path) -> None:
     for entry in [*manifest["debs"], *manifest["wheels"]]:
         assert kit.sha256(made_kit / entry["file"]) == entry["sha256"], entry
     compiled = {c["module"]: c for c in manifest["host_modules"]}
-    assert set(compiled) == {"psutil", "yaml"}
+    assert set(compiled) == {"psutil", "setproctitle", "yaml"}
     for version in ("3.11", "3.12"):
         names = {kit.wheel_tags(w)[0].lower() for w in manifest["pythons"][version]}
         assert {"betterproto", "grpclib", "h2", "hpack", "hyperframe", "multidict"} <= names
@@ -173,7 +173,7 @@ def test_install_into_a_checkout(tmp_path: Path, made_kit: Path,
     # itself a venv, whose packages `--system-site-packages` would not have shown.
     assert _python_where(python, "betterproto").startswith(str(site))
     assert _python_where(python, "psutil").startswith(sys.prefix)
-    assert _python_where(python, "shim.cli") == str(repo / "shim/cli.py")
+    assert _python_where(python, "shim.manager.main") == str(repo / "shim/manager/main.py")
     launcher = repo / ".venv/bin/containerd-shim-gvisorgpu-v1"
     version = subprocess.run([str(launcher), "version"], capture_output=True, text=True,
                              timeout=60, check=True, env={"PATH": SYSTEM_PATH})

@@ -55,6 +55,8 @@ KEY_CASES = [
     ('network = "host"', "network", "host"),
     ('network = "sandbox"', "network", "sandbox"),
     ('network = "auto"', "network", "auto"),
+    ('seccomp = "warn"', "seccomp", "warn"),
+    ('seccomp = "enforce"', "seccomp", "enforce"),
     ('platform = "ptrace"', "platform", "ptrace"),
     ('platform = "kvm"', "gpu.platform", "kvm"),
     ('gvisorPlatform = "systrap"', "platform", "systrap"),
@@ -136,7 +138,7 @@ REFUSALS = [
      "cdi_default_kind, cdi_spec_dirs, cdi_vendors, debug, gvisorPlatform, "
      "gvisorRoot, log_level, log_path, network, nvproxy, nvproxy_allow_unsupported_driver, "
      "nvproxy_allowed_capabilities, nvproxy_driver_version, platform, pod_resources_socket, "
-     "root, runsc_config"),
+     "root, runsc_config, seccomp"),
     ('cdi_default_kind = "gpu"', P + "`cdi_default_kind` = 'gpu' is not a CDI kind; write it "
      'as vendor/class, like "nvidia.com/gpu"'),
     ('shim_cgroup = "/x"', P + "`shim_cgroup` is a containerd-shim-runsc-v1 setting this shim "

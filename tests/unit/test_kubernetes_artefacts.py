@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 import yaml
 
+from shim.about import RUNTIME as RUNTIME_TYPE
 from shim.commands.doctor import containerd_rows
 from shim.config import load_body
 from shim.gpu.request import POD_ANNOTATION
-from shim.manager.main import RUNTIME as RUNTIME_TYPE
 
 K8S = Path(__file__).resolve().parents[2] / "scripts/kubernetes"
 HANDLER = "gvisorgpu"

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import signal
@@ -605,3 +606,23 @@ def test_resolve_binary_on_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     binary = _script(tmp_path / "runsc", "true")
     monkeypatch.setenv("PATH", str(tmp_path))
     assert runsc.resolve_binary("runsc") == binary
+
+
+@pytest.mark.parametrize(("release", "flags", "hooks", "seccomp"), [
+    (20240729, {"oci-seccomp"}, ["prestart", "createRuntime", "poststart", "poststop"], True),
+    (20260601, set(), ["prestart", "createRuntime", "createContainer", "poststart", "poststop"],
+     False),
+])
+def test_features_report_only_what_is_known(release: int, flags: set[str], hooks: list[str],
+                                            seccomp: bool) -> None:
+    caps = dataclasses.replace(_caps(20240729), release=release, flags=frozenset(flags))
+    doc = runsc.features(caps, "1.2.0")
+    assert doc["hooks"] == hooks
+    assert doc["linux"]["seccomp"] == {"enabled": seccomp}
+    assert doc["ociVersionMax"] == "1.2.0"
+    assert "mountOptions" not in doc and "capabilities" not in doc["linux"]
+
+
+def test_spec_version_from_version_output() -> None:
+    assert runsc.parse_spec_version("runsc version 0.0~20240729.0\nspec: 1.2.0\n") == "1.2.0"
+    assert runsc.parse_spec_version("runsc version x\n") is None

@@ -3,6 +3,7 @@ shim.task.runsc_options is the one place they are decided."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ from shim.config import load_body
 from shim.gpu.facts import HostFacts, SandboxRole
 from shim.gpu.plan import plan
 from shim.runsc import GlobalOptions, RunscCapabilities, UnsupportedFlag
-from shim.task.runsc_options import member_options, sandbox_options
+from shim.task.runsc_options import member_options, sandbox_options, seccomp_enforced
 
 CAPS = RunscCapabilities(
     path="/usr/bin/runsc", version="0.0~20240729.0", release=20240729,
@@ -73,3 +74,13 @@ def test_a_member_uses_its_sandboxes_flags_with_its_own_command_log() -> None:
     assert member.log == "/bundles/app/runsc.log"
     assert member.args()[2:] == sandbox.args()[2:]
     assert member.root == sandbox.root
+
+
+def test_seccomp_profiles_are_enforced_where_runsc_can() -> None:
+    caps = dataclasses.replace(CAPS, flags=CAPS.flags | {"oci-seccomp"})
+    assert "--oci-seccomp=true" in _options("", caps)
+    # An operator who turns it off under [runsc_config] is heard (Create then
+    # refuses containers with a profile, or warns with seccomp = "warn").
+    off = _sandbox('[runsc_config]\noci-seccomp = "false"', caps)
+    assert "--oci-seccomp=false" in off.args() and not seccomp_enforced(off)
+    assert seccomp_enforced(_sandbox("", caps))

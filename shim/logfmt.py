@@ -2,7 +2,8 @@
 
 The daemon's stderr is the bundle's ``log`` FIFO, which containerd copies into
 its own log; lines shaped like logrus text output read naturally there:
-``time="…" level=info msg="…" key=value``.
+``time="…" level=info msg="…" key=value``. The runtime config's ``log_level``
+and ``log_path`` (read at Create) adjust the level and add a file.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import logging
 import time
 from typing import Any
 
-__all__ = ["FifoHandler", "LogfmtFormatter", "setup"]
+__all__ = ["FifoHandler", "LogfmtFormatter", "apply_config", "setup"]
 
 _RESERVED = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None)).keys()) | {
     "message",
@@ -65,3 +66,23 @@ def setup(level: int, **static: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+
+
+# The runtime config's log_level values (logrus names) as Python levels.
+_LEVELS = {"trace": logging.DEBUG, "debug": logging.DEBUG, "info": logging.INFO,
+           "warn": logging.WARNING, "warning": logging.WARNING, "error": logging.ERROR,
+           "fatal": logging.CRITICAL, "panic": logging.CRITICAL}
+
+
+def apply_config(level: str, path: str | None) -> None:
+    """The config's ``log_level`` (unless containerd started the shim with
+    -debug, which wins) and ``log_path``: the same lines also go to that file."""
+    root = logging.getLogger()
+    if root.level != logging.DEBUG:
+        root.setLevel(_LEVELS.get(level, logging.INFO))
+    if path is None or any(getattr(h, "baseFilename", None) == path for h in root.handlers):
+        return
+    formatter = next((h.formatter for h in root.handlers if h.formatter), LogfmtFormatter())
+    handler = logging.FileHandler(path, delay=True)
+    handler.setFormatter(formatter)
+    root.addHandler(handler)
