@@ -34,9 +34,10 @@ from grpclib.exceptions import GRPCError
 
 from shim.api.k8s.cri.runtime import v1 as api
 from shim.api.k8s.cri.runtime.v1 import ContainerState
+from tests import paths
 from tests.e2e import cri, images
 from tests.e2e import podresources_stub as kubelet
-from tests.e2e import test_cri_pods as pods
+from tests.e2e.conftest import cri_module
 from tests.e2e.test_cri_pods import (
     DRIVER,
     ContainerdLog,
@@ -49,10 +50,6 @@ from tests.e2e.test_gpu import CDI_SPEC
 
 pytestmark = pytest.mark.e2e
 
-# test_cri_pods' containerd (one per module and version) and its per-test
-# reset; its CDI folder and device nodes are this module's gpu_files.
-cri_env = pods.cri_env
-env = pods.env
 
 UUIDS = ("GPU-0a1b2c3d-0000-4000-8000-000000000000", "GPU-0a1b2c3d-1111-4000-8000-111111111111")
 
@@ -87,6 +84,22 @@ def gpu_files(tmp_path_factory: pytest.TempPathFactory) -> GpuFiles:
         os.mknod(node, 0o600 | 0o020000, os.makedev(195, minor))
         nodes[f"/dev/{name}"] = node
     return GpuFiles(root / "cdi", nodes)
+
+
+@pytest.fixture(scope="module")
+def cri_env(request: pytest.FixtureRequest, containerd_version: str, runsc_2024: Path,
+            pause_image: images.Image, busybox_image: images.Image,
+            gpu_files: GpuFiles) -> Iterator[cri.CriEnv]:
+    """A CRI containerd with the gvisorgpu handler, set up like test_cri_pods'
+    (conftest's ``env`` resets it per test): the device plugin's CDI requests
+    in container annotations reach the shim, and 2.x resolves them itself
+    from this module's spec folder."""
+    if not paths.SHIM.exists():
+        pytest.skip(f"{paths.SHIM.name} is not installed (pip install -e .)")
+    with cri_module(request, containerd_version, runsc_2024, pause_image, busybox_image,
+                    container_annotations=["cdi.k8s.io/*"],
+                    cdi_spec_dirs=[str(gpu_files.cdi_dir)]) as env:
+        yield env
 
 
 @pytest.fixture
