@@ -201,6 +201,8 @@ _KEYS: dict[str, tuple[str, Validator]] = {
     "cdi_default_kind": ("cdi_default_kind", _cdi_kind),
     "pod_resources_socket": ("pod_resources_socket", _abs_path),
     "accept_visible_devices_env": ("accept_visible_devices_env", _bool),
+    "accept_visible_devices_env_in_pods": ("accept_visible_devices_env_in_pods", _bool),
+    "accept_pod_nvproxy_annotation": ("accept_pod_nvproxy_annotation", _bool),
     "nvproxy_allow_unsupported_driver": ("allow_unsupported_driver", _bool),
 }
 # [runsc_config] flags that are typed settings here.
@@ -214,7 +216,9 @@ _FLAG_KEYS: dict[str, tuple[str, Validator]] = {
     "nvproxy-allowed-driver-capabilities": ("allowed_capabilities", _flag_capabilities),
 }
 _GPU_FIELDS = ("nvproxy", "driver_version", "allowed_capabilities", "cdi_dirs", "cdi_vendors",
-               "cdi_default_kind", "accept_visible_devices_env", "allow_unsupported_driver")
+               "cdi_default_kind", "accept_visible_devices_env",
+               "accept_visible_devices_env_in_pods", "accept_pod_nvproxy_annotation",
+               "allow_unsupported_driver")
 
 
 def _unknown_key(key: str, source: str) -> InvalidArgument:

@@ -5,7 +5,9 @@ message in place of runsc's "waiting for sandbox to start: EOF"."""
 from __future__ import annotations
 
 from shim.gpu import _oci as oci
+from shim.gpu._bound import listing
 from shim.gpu._context import Context
+from shim.gpu._decide import env_trusted
 from shim.gpu.devices import is_mig_node
 from shim.gpu.facts import (
     ALLOW_UNSUPPORTED_FLAG,
@@ -59,7 +61,8 @@ def check_runsc_nvproxy(ctx: Context) -> None:
 
 def check_mig(ctx: Context) -> None:
     req = ctx.request
-    found = [f"{VISIBLE_ENV}={i}" for i in req.visible.mig]
+    # An ignored NVIDIA_VISIBLE_DEVICES (a pod author's) is voided, so it asks for nothing.
+    found = [f"{VISIBLE_ENV}={i}" for i in req.visible.mig] if env_trusted(ctx) else []
     found += [f"annotation {r.source} requests {r.name}" for r in req.cdi if is_mig_id(r.name.name)]
     found += [str(d.get("path")) for d in oci.devices(ctx.spec) if is_mig_node(str(d.get("path")))]
     found += [f"{name} is set" for name in req.mig_env]
@@ -67,7 +70,7 @@ def check_mig(ctx: Context) -> None:
         ctx.note("check_mig", "no MIG request")
         return
     ctx.refuse(
-        f"it asks for MIG ({'; '.join(found)}), and nvproxy has no MIG support",
+        f"it asks for MIG ({listing(found).replace(', ', '; ')}), and nvproxy has no MIG support",
         "request whole GPUs (an index or GPU-<uuid>), or run MIG workloads with runc",
     )
 
@@ -80,18 +83,22 @@ def _caps_wanted(ctx: Context) -> set[str] | None:
         ctx.note("check_capabilities", f"{CAPS_ENV}=all means the allowed set {sorted(allowed)}")
     unknown, unserved = wanted - KNOWN_CAPS, wanted & _UNSERVED_CAPS
     denied = wanted - allowed - unknown - unserved
-    for names, cause, fix in (
-        (unknown, "names unknown driver capabilities", "use compute, utility, graphics, video"),
-        (unserved, "asks for capabilities nvproxy does not serve", "drop them from " + CAPS_ENV),
+    for names, cause, fix, bad_input in (
+        (unknown, "names unknown driver capabilities", "use compute, utility, graphics, video",
+         True),
+        (unserved, "asks for capabilities nvproxy does not serve", "drop them from " + CAPS_ENV,
+         False),
         (
             denied,
             "asks for driver capabilities the shim config does not allow",
             f"add them to {key('allowed_capabilities')} in the shim config, or drop them from "
             + CAPS_ENV,
+            False,
         ),
     ):
         if names:
-            ctx.refuse(f"{CAPS_ENV} {cause}: {', '.join(sorted(names))}", fix)
+            ctx.refuse(f"{CAPS_ENV} {cause}: {listing(sorted(names))}", fix,
+                       bad_input=bad_input)
     return None if unknown or unserved or denied else wanted
 
 

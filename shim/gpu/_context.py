@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from shim.gpu._bound import MAX_MESSAGE, clip
 from shim.gpu.config import GpuConfig
 from shim.gpu.facts import HostFacts, SandboxRole
 from shim.gpu.request import GpuRequest
@@ -22,6 +23,9 @@ __all__ = ["Context", "Mode", "Step"]
 # path, driven by the legacy prestart hook. driver: nvproxy on, no GPU named
 # (a pod sandbox, NVIDIA_VISIBLE_DEVICES=none, policy always).
 Mode = Literal["none", "cdi", "hook", "driver"]
+
+# Refusals kept per plan; what a person needs is the first few causes.
+MAX_REFUSALS = 20
 
 
 @dataclass
@@ -41,6 +45,14 @@ class Context:
     refusals: list[str] = field(default_factory=list)
     # The same refusals as (cause, fix), for callers that show them apart.
     problems: list[tuple[str, str]] = field(default_factory=list)
+    # Whether a refusal is for malformed input (InvalidArgument) rather than
+    # for the host's or the pod's state (FailedPrecondition).
+    bad_input: bool = False
+    dropped_refusals: int = 0
+    # GPU signals the trust rules set aside (pod-author input in a pod).
+    ignored: list[str] = field(default_factory=list)
+    # How the grant compares with the kubelet's allocation (members only).
+    allocation: str = ""
 
     def note(self, step: str, text: str) -> None:
         """Why a step did what it did, or nothing (nvidia's "nil modifier" log)."""
@@ -50,12 +62,25 @@ class Context:
         if text not in self.warnings:
             self.warnings.append(text)
 
-    def refuse(self, cause: str, fix: str) -> None:
-        """Every refusal names the container, the cause and the fix."""
+    def refuse(self, cause: str, fix: str, *, bad_input: bool = False) -> None:
+        """Every refusal names the container, the cause and the fix. Both are
+        clipped and the count is capped, whatever the input held."""
+        cause, fix = clip(cause, MAX_MESSAGE), clip(fix, MAX_MESSAGE)
         text = f"container {self.container_id}: {cause}. Fix: {fix}."
-        if text not in self.refusals:
-            self.refusals.append(text)
-            self.problems.append((cause, fix))
+        self.bad_input = self.bad_input or bad_input
+        if text in self.refusals:
+            return
+        if len(self.refusals) >= MAX_REFUSALS:
+            self.dropped_refusals += 1
+            return
+        self.refusals.append(text)
+        self.problems.append((cause, fix))
+
+    def ignore(self, text: str) -> None:
+        """A GPU signal the trust rules set aside; also a note of ``trust``."""
+        if text not in self.ignored:
+            self.ignored.append(text)
+            self.note("trust", text)
 
     def has_flag(self, name: str) -> bool:
         return name in self.host.runsc_flags
@@ -69,7 +94,7 @@ class Context:
 
     @property
     def reason_text(self) -> str:
-        return "; ".join(self.reasons) or "no GPU signal"
+        return clip("; ".join(self.reasons), 400) or "no GPU signal"
 
 
 Step = Callable[[Context], None]

@@ -15,6 +15,7 @@ __all__ = [
     "env_values",
     "hooks",
     "mounts",
+    "remove_annotation",
     "set_additional_gids",
     "set_device_rules",
     "set_devices",
@@ -101,6 +102,17 @@ def annotations_of(spec: JSON) -> dict[str, str]:
     if not isinstance(value, dict):
         return {}
     return {k: v for k, v in value.items() if isinstance(k, str) and isinstance(v, str)}
+
+
+def remove_annotation(spec: JSON, key: str) -> bool:
+    """Drop one annotation; whether it was there. An emptied map goes away."""
+    value = _get(spec, "annotations")
+    if not isinstance(value, dict) or key not in value:
+        return False
+    del value[key]
+    if not value:
+        del spec["annotations"]
+    return True
 
 
 def devices(spec: JSON) -> list[JSON]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from shim.gpu import _oci as oci
+from shim.gpu._bound import listing
 from shim.gpu._context import Context
 from shim.gpu._edits import apply_edits
 from shim.gpu.cdi import (
@@ -43,7 +44,8 @@ def _env_requests(ctx: Context) -> list[CdiRequest]:
         try:
             name = parse_qualified_name(item) if "=" in item else QualifiedName(vendor, cls, item)
         except CdiError as exc:
-            ctx.refuse(f"{VISIBLE_ENV}: {exc}", "write CDI names as vendor/class=name")
+            ctx.refuse(f"{VISIBLE_ENV}: {exc}", "write CDI names as vendor/class=name",
+                       bad_input=True)
             continue
         out.append(CdiRequest(name, VISIBLE_ENV))
     return out
@@ -63,14 +65,14 @@ def _requests(ctx: Context) -> list[CdiRequest]:
 
 def _refuse_unresolved(ctx: Context, res: Resolution, from_env: bool) -> None:
     specs, dirs = ctx.host.cdi_specs, ", ".join(ctx.config.cdi_dirs)
-    broken = f" (spec files that failed to load: {'; '.join(ctx.host.cdi_errors)})"
+    broken = f" (spec files that failed to load: {listing(ctx.host.cdi_errors, 3)})"
     broken = broken if ctx.host.cdi_errors else ""
     cpu_only = f"; to run it without a GPU set {VISIBLE_ENV}=void" if from_env else ""
     for kind in dict.fromkeys(n.kind for n in res.missing):
-        wanted = ", ".join(str(n) for n in res.missing if n.kind == kind)
+        wanted = listing(str(n) for n in res.missing if n.kind == kind)
         names = known_names(kind, specs)
         if names:
-            cause = f"unresolvable CDI device(s) {wanted}: {kind} defines {', '.join(names)}"
+            cause = f"unresolvable CDI device(s) {wanted}: {kind} defines {listing(names, 10)}"
             fix = f"request one of those, or regenerate the spec ({_GENERATE})"
         else:
             cause = f"unresolvable CDI device(s) {wanted}: no CDI spec in {dirs} defines {kind}"
@@ -78,7 +80,7 @@ def _refuse_unresolved(ctx: Context, res: Resolution, from_env: bool) -> None:
         ctx.refuse(cause + broken, fix + cpu_only)
     for name, paths in res.conflicts:
         ctx.refuse(
-            f"CDI device {name} is defined at the same priority by {', '.join(paths)}",
+            f"CDI device {name} is defined at the same priority by {listing(paths)}",
             "remove one of those spec files",
         )
 
@@ -98,9 +100,9 @@ def resolve_cdi(ctx: Context) -> None:
         changes += apply_edits(ctx.spec, edits, ctx.host.device_nodes)
         if edits.ignored:
             ctx.note("resolve_cdi", f"{origin}: {', '.join(edits.ignored)} not applied")
-    wanted = ", ".join(str(r.name) for r in requests)
+    wanted = listing(str(r.name) for r in requests)
     if changes:
-        ctx.note("resolve_cdi", f"{wanted}: added {', '.join(changes)}")
+        ctx.note("resolve_cdi", f"{wanted}: added {listing(changes, 20)}")
     else:
         ctx.note("resolve_cdi", f"{wanted}: already resolved in the spec, nothing added")
 
@@ -121,7 +123,10 @@ def _keep(ctx: Context, entry: dict[str, Any]) -> dict[str, Any] | None:
     """The entry with its numbers filled in, or None to drop it."""
     path = str(entry.get("path", ""))
     major, minor = entry_numbers(entry, ctx.host.device_nodes, path)
-    if not ctx.gpu or not is_gpu_node(path, major) or is_mig_node(path):
+    # A pod's sandbox container runs only the pause process: nvproxy is on
+    # for the pod through the flag, and no GPU node is the pause's to hold.
+    sandbox = ctx.role.kind == "sandbox"
+    if not ctx.gpu or sandbox or not is_gpu_node(path, major) or is_mig_node(path):
         return None
     filled = {**entry, "type": entry.get("type") or "c"}
     filled.update({k: v for k, v in (("major", major), ("minor", minor)) if v is not None})
@@ -168,7 +173,7 @@ def keep_gpu_device_nodes(ctx: Context) -> None:
     absent = [str(d["path"]) for d in kept if ctx.gpu and _absent(ctx, d)]
     if absent:
         ctx.warn(f"the host has no {', '.join(absent)}: runsc's gofer cannot open what is missing")
-    paths = ", ".join(dict.fromkeys(str(d.get("path")) for d in dropped)) or "nothing"
+    paths = listing(dict.fromkeys(str(d.get("path")) for d in dropped), 10) or "nothing"
     ctx.note("keep_gpu_device_nodes", f"dropped {paths}")
 
 
@@ -194,7 +199,7 @@ def sync_visible_devices(ctx: Context) -> None:
         ctx.note("sync_visible_devices", f"{VISIBLE_ENV}={wanted} already: {why}")
         return
     oci.set_env(ctx.spec, VISIBLE_ENV, wanted)
-    was = " then ".join(repr(v) for v in values) or "unset"
+    was = listing((repr(v) for v in values), 3).replace(", ", " then ") or "unset"
     ctx.note("sync_visible_devices", f"set {VISIBLE_ENV}={wanted} (was {was}): {why}")
 
 

@@ -11,9 +11,12 @@ directories define one device the later directory wins.
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
+
+from shim.gpu._bound import listing, short
 
 __all__ = [
     "ANNOTATION_PREFIX",
@@ -67,9 +70,9 @@ class QualifiedName:
 
 def _check_kind(vendor: str, cls: str, what: str) -> None:
     if not _KIND_PART.fullmatch(vendor):
-        raise CdiError(f"invalid vendor {vendor!r} in {what}")
+        raise CdiError(f"invalid vendor {short(vendor)} in {what}")
     if not _KIND_PART.fullmatch(cls) or len(cls) > _CLASS_MAX:
-        raise CdiError(f"invalid class {cls!r} in {what}")
+        raise CdiError(f"invalid class {short(cls)} in {what}")
 
 
 def parse_qualified_name(text: str) -> QualifiedName:
@@ -77,12 +80,12 @@ def parse_qualified_name(text: str) -> QualifiedName:
     kind, sep, name = text.partition("=")
     vendor, slash, cls = kind.partition("/")
     if text.startswith("/"):
-        raise CdiError(f"{text!r} is a device path, not a CDI name vendor/class=name")
+        raise CdiError(f"{short(text)} is a device path, not a CDI name vendor/class=name")
     if not (sep and slash and vendor and cls and name):
-        raise CdiError(f"{text!r} is not a qualified CDI name vendor/class=name")
-    _check_kind(vendor, cls, repr(text))
+        raise CdiError(f"{short(text)} is not a qualified CDI name vendor/class=name")
+    _check_kind(vendor, cls, short(text))
     if not _DEVICE_NAME.fullmatch(name):
-        raise CdiError(f"invalid device name {name!r} in {text!r}")
+        raise CdiError(f"invalid device name {short(name)} in {short(text)}")
     return QualifiedName(vendor, cls, name)
 
 
@@ -115,13 +118,18 @@ class CdiSpec:
     cls: str
     devices: tuple[CdiDevice, ...]
     edits: CdiEdits
+    # name -> device, so a lookup does not walk a spec of thousands of devices.
+    _by_name: Mapping[str, CdiDevice] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_by_name", {d.name: d for d in self.devices})
 
     @property
     def kind(self) -> str:
         return f"{self.vendor}/{self.cls}"
 
     def device(self, name: str) -> CdiDevice | None:
-        return next((d for d in self.devices if d.name == name), None)
+        return self._by_name.get(name)
 
 
 def _list_of(value: Any, what: str) -> list[Any]:
@@ -147,14 +155,16 @@ def _parse_edits(raw: Any, where: str) -> CdiEdits:
         raise CdiError(f"{where}: containerEdits must be a mapping")
     unknown = sorted(set(raw) - _EDIT_KEYS)
     if unknown:
-        raise CdiError(f"{where}: unknown containerEdits field(s) {', '.join(unknown)}")
+        raise CdiError(f"{where}: unknown containerEdits field(s) {listing(unknown, quote=True)}")
     env = _list_of(raw.get("env"), f"{where}.env")
     if not all(isinstance(e, str) and "=" in e for e in env):
         raise CdiError(f"{where}.env entries must be NAME=value strings")
     hooks = _objects(raw.get("hooks"), f"{where}.hooks", "path")
     for hook in hooks:
-        if hook.get("hookName") not in HOOK_NAMES:
-            raise CdiError(f"{where}.hooks: unknown hookName {hook.get('hookName')!r}")
+        name = hook.get("hookName")
+        # A list or mapping here must be refused, not raise TypeError in the set lookup.
+        if not isinstance(name, str) or name not in HOOK_NAMES:
+            raise CdiError(f"{where}.hooks: unknown hookName {short(name)}")
     gids = _list_of(raw.get("additionalGids"), f"{where}.additionalGids")
     if not all(isinstance(g, int) and not isinstance(g, bool) for g in gids):
         raise CdiError(f"{where}.additionalGids must be integers")
@@ -177,7 +187,7 @@ def _mounts(raw: Any, where: str) -> tuple[Mapping[str, Any], ...]:
 
 def _version(text: Any) -> tuple[int, ...]:
     if not isinstance(text, str) or not re.fullmatch(r"\d+\.\d+\.\d+", text):
-        raise CdiError(f"cdiVersion {text!r} is not a version like 0.5.0")
+        raise CdiError(f"cdiVersion {short(text)} is not a version like 0.5.0")
     return tuple(int(p) for p in text.split("."))
 
 
@@ -186,10 +196,10 @@ def _parse_device(raw: Any) -> CdiDevice:
         raise CdiError("each device needs a string 'name'")
     name = raw["name"]
     if not _DEVICE_NAME.fullmatch(name):
-        raise CdiError(f"invalid device name {name!r}")
+        raise CdiError(f"invalid device name {short(name)}")
     if "containerEdits" not in raw:
-        raise CdiError(f"device {name!r} has no containerEdits")
-    return CdiDevice(name, _parse_edits(raw["containerEdits"], f"device {name!r}"))
+        raise CdiError(f"device {short(name)} has no containerEdits")
+    return CdiDevice(name, _parse_edits(raw["containerEdits"], f"device {short(name)}"))
 
 
 def parse_spec(doc: Any, *, path: str, priority: int) -> CdiSpec:
@@ -201,16 +211,15 @@ def parse_spec(doc: Any, *, path: str, priority: int) -> CdiSpec:
         raise CdiError(f"cdiVersion {version} is older than 0.3.0")
     kind = doc.get("kind")
     if not isinstance(kind, str) or kind.count("/") != 1:
-        raise CdiError(f"kind {kind!r} is not vendor/class")
+        raise CdiError(f"kind {short(kind)} is not vendor/class")
     vendor, _, cls = kind.partition("/")
-    _check_kind(vendor, cls, f"kind {kind!r}")
+    _check_kind(vendor, cls, f"kind {short(kind)}")
     devices = tuple(_parse_device(d) for d in _list_of(doc.get("devices"), "devices"))
     if not devices:
         raise CdiError("a CDI spec needs at least one device")
-    names = [d.name for d in devices]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
+    duplicates = sorted(n for n, count in Counter(d.name for d in devices).items() if count > 1)
     if duplicates:
-        raise CdiError(f"device(s) defined twice: {', '.join(duplicates)}")
+        raise CdiError(f"device(s) defined twice: {listing(duplicates)}")
     return CdiSpec(
         path=path,
         priority=priority,

@@ -34,6 +34,16 @@ class GpuConfig:
     # wants GPUs only through device plugins/CDI turns this off (the toolkit's
     # accept-nvidia-visible-devices-envvar-when-unprivileged).
     accept_visible_devices_env: bool = True
+    # The same for an app container of a CRI pod, whose env the pod's author
+    # writes (and whose image sets NVIDIA_VISIBLE_DEVICES=all when it is a CUDA
+    # image): off, its GPUs come only from what the node allocated.
+    accept_visible_devices_env_in_pods: bool = False
+    # Whether the pod annotation dev.gvisorgpu.nvproxy=true may boot a pod's
+    # sandbox with nvproxy when the kubelet cannot be asked. It grants no
+    # device, but nvproxy widens what the sandbox exposes to the host driver,
+    # and the annotation is the pod author's to set; with a kubelet, its
+    # answer decides and the annotation is never read.
+    accept_pod_nvproxy_annotation: bool = False
     # Start on a driver runsc does not list as supported, with runsc's
     # --nvproxy-allow-unsupported-driver (release-20260615.0+); at your own risk.
     allow_unsupported_driver: bool = False

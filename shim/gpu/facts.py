@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
+from shim.gpu._bound import listing
 from shim.gpu.cdi import CdiSpec
 
 __all__ = [
@@ -27,6 +28,8 @@ __all__ = [
     "NVPROXY_FLAG",
     "SKIP_NODE_MODIFICATION_HOOK",
     "VIDEO_CAP",
+    "Allocation",
+    "GpuInfo",
     "HostFacts",
     "RoleKind",
     "SandboxRole",
@@ -64,33 +67,96 @@ RoleKind = Literal["standalone", "sandbox", "member"]
 
 
 @dataclass(frozen=True)
+class Allocation:
+    """What the kubelet allocated to one container of a pod (PodResources API).
+
+    ``device_ids`` are device-plugin ids of GPU resources (NVIDIA's plugin
+    uses GPU UUIDs or indexes, GKE's ``nvidiaN``); ``cdi_names`` are the fully
+    qualified CDI names of DRA devices. ``unknown`` says why the kubelet
+    answered but this container's share cannot be told (its name is missing,
+    say): then the planner grants it no GPU rather than guess.
+    """
+
+    pod: str
+    container: str
+    device_ids: tuple[str, ...] = ()
+    cdi_names: tuple[str, ...] = ()
+    unknown: str | None = None
+
+    def describe(self) -> str:
+        got = [*self.device_ids, *self.cdi_names]
+        what = listing(got, 8) if got else "no GPU"
+        return f"the kubelet allocated {what} to container {self.container} of pod {self.pod}"
+
+
+@dataclass(frozen=True)
 class SandboxRole:
     """Where the container sits: its own sandbox, a pod's sandbox (pause)
     container, or an app container joining a sandbox that already booted.
 
     runsc fixes nvproxy when a sandbox boots, so a member can only use a GPU
-    when ``sandbox_nvproxy`` is true. ``pod_has_gpus`` is an outside fact about
-    the pod (for example from the kubelet) that the pause spec cannot carry.
+    when ``sandbox_nvproxy`` is true. The other fields are what the node (not
+    the pod's author) says about the pod, gathered by the caller: the kubelet's
+    answers and the annotations the pod's sandbox container carried.
     """
 
     kind: RoleKind = "standalone"
     sandbox_id: str | None = None
     # member only: whether the sandbox was booted with nvproxy; None = unknown.
     sandbox_nvproxy: bool | None = None
-    # sandbox only: an externally supplied "this pod has GPUs".
+    # sandbox only: whether the kubelet allocated GPUs to the pod; None = not asked
+    # or no answer.
     pod_has_gpus: bool | None = None
+    # member only: the kubelet's allocation for this container; None = not asked
+    # or no answer (then the grant is not cross-checked, and a note says so).
+    allocation: Allocation | None = None
+    # member only: the pod-level annotations, as the pod's sandbox container
+    # carried them; None = not known. A member's annotation with the same key
+    # and value came from the pod, i.e. from the pod's author.
+    pod_annotations: tuple[tuple[str, str], ...] | None = None
+    # What the kubelet lookup said or why there was none, for notes.
+    kubelet: str = ""
 
     @classmethod
     def standalone(cls) -> SandboxRole:
         return cls("standalone")
 
     @classmethod
-    def pod_sandbox(cls, *, pod_has_gpus: bool | None = None) -> SandboxRole:
-        return cls("sandbox", pod_has_gpus=pod_has_gpus)
+    def pod_sandbox(cls, *, pod_has_gpus: bool | None = None, kubelet: str = "") -> SandboxRole:
+        return cls("sandbox", pod_has_gpus=pod_has_gpus, kubelet=kubelet)
 
     @classmethod
-    def member(cls, sandbox_id: str | None, *, sandbox_nvproxy: bool | None) -> SandboxRole:
-        return cls("member", sandbox_id=sandbox_id, sandbox_nvproxy=sandbox_nvproxy)
+    def member(
+        cls,
+        sandbox_id: str | None,
+        *,
+        sandbox_nvproxy: bool | None,
+        allocation: Allocation | None = None,
+        pod_annotations: tuple[tuple[str, str], ...] | None = None,
+        kubelet: str = "",
+    ) -> SandboxRole:
+        return cls(
+            "member",
+            sandbox_id=sandbox_id,
+            sandbox_nvproxy=sandbox_nvproxy,
+            allocation=allocation,
+            pod_annotations=pod_annotations,
+            kubelet=kubelet,
+        )
+
+    @property
+    def in_pod(self) -> bool:
+        """A CRI pod's container: its annotations and env are the pod author's."""
+        return self.kind != "standalone"
+
+
+@dataclass(frozen=True)
+class GpuInfo:
+    """One GPU as the driver lists it under /proc/driver/nvidia/gpus/<bus>."""
+
+    bus: str
+    minor: int
+    uuid: str | None = None
 
 
 @dataclass(frozen=True)
@@ -115,6 +181,8 @@ class HostFacts:
     # Parsed CDI specs, and "path: why" for each file that failed to load.
     cdi_specs: tuple[CdiSpec, ...] = ()
     cdi_errors: tuple[str, ...] = ()
+    # The driver's GPUs with their device minor and UUID; empty when unknown.
+    gpus: tuple[GpuInfo, ...] = ()
 
     def runsc_label(self) -> str:
         """How messages name the binary: its path and version."""

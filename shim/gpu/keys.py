@@ -12,6 +12,8 @@ CONFIG_KEYS: dict[str, str] = {
     "allowed_capabilities": "nvproxy_allowed_capabilities",
     "allow_unsupported_driver": "nvproxy_allow_unsupported_driver",
     "accept_visible_devices_env": "accept_visible_devices_env",
+    "accept_visible_devices_env_in_pods": "accept_visible_devices_env_in_pods",
+    "accept_pod_nvproxy_annotation": "accept_pod_nvproxy_annotation",
     "cdi_dirs": "cdi_spec_dirs",
     "cdi_vendors": "cdi_vendors",
     "cdi_default_kind": "cdi_default_kind",

@@ -30,6 +30,7 @@ from shim.gpu._checks import (
 )
 from shim.gpu._context import Context, Mode, Step
 from shim.gpu._decide import decide, detect
+from shim.gpu._grant import check_allocation
 from shim.gpu._rewrite import (
     clean_cdi_edits_for_runsc,
     keep_gpu_device_nodes,
@@ -37,15 +38,19 @@ from shim.gpu._rewrite import (
     resolve_cdi,
     sync_visible_devices,
 )
+from shim.gpu._trust import drop_pod_runsc_annotation, void_untrusted_visible_devices
 from shim.gpu.config import GpuConfig
 from shim.gpu.facts import HostFacts, SandboxRole
 from shim.gpu.request import POD_ANNOTATION
 
 __all__ = ["PIPELINES", "POD_ANNOTATION", "Decision", "Mode", "Plan", "plan"]
 
-_HEAD: tuple[Step, ...] = (detect, decide)
+# In every mode: what the pod's author could switch on behind the decision.
+_HEAD: tuple[Step, ...] = (detect, decide, drop_pod_runsc_annotation,
+                           void_untrusted_visible_devices)
 _CHECKS_BEFORE: tuple[Step, ...] = (check_runsc_nvproxy, check_mig)
 _CHECKS_AFTER: tuple[Step, ...] = (
+    check_allocation,
     check_capabilities,
     check_driver_supported,
     choose_platform,
@@ -96,6 +101,10 @@ class Decision:
     # Which rules fired (or why none did).
     reasons: tuple[str, ...]
     role: str
+    # GPU signals set aside because, in a pod, they are the pod author's.
+    ignored: tuple[str, ...] = ()
+    # An app container's grant against the kubelet's allocation ("" if none).
+    allocation: str = ""
 
 
 @dataclass(frozen=True)
@@ -112,6 +121,9 @@ class Plan:
     refusals: tuple[str, ...]
     # Each refusal as (cause, fix), in the same order.
     problems: tuple[tuple[str, str], ...] = ()
+    # Whether a refusal is for malformed input (InvalidArgument) rather than
+    # for the state of the host, the pod or the config (FailedPrecondition).
+    bad_input: bool = False
 
     @property
     def ok(self) -> bool:
@@ -134,12 +146,21 @@ def _freeze(ctx: Context) -> Plan:
         container_id=ctx.container_id,
         spec=ctx.spec,
         runsc_flags=_ordered(ctx.flags),
-        decision=Decision(ctx.gpu, ctx.mode, tuple(ctx.reasons), ctx.role.kind),
+        decision=Decision(ctx.gpu, ctx.mode, tuple(ctx.reasons), ctx.role.kind,
+                          tuple(ctx.ignored), ctx.allocation),
         notes=tuple(ctx.notes),
         warnings=tuple(ctx.warnings),
-        refusals=tuple(ctx.refusals),
+        refusals=tuple(_refusals(ctx)),
         problems=tuple(ctx.problems),
+        bad_input=ctx.bad_input,
     )
+
+
+def _refusals(ctx: Context) -> list[str]:
+    if not ctx.dropped_refusals:
+        return ctx.refusals
+    return [*ctx.refusals, f"container {ctx.container_id}: {ctx.dropped_refusals} more "
+                           "refusal(s) left out"]
 
 
 def plan(

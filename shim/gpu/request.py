@@ -8,11 +8,12 @@ input errors found. ``shim.gpu.plan`` weighs them against policy and role.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from shim.gpu import _oci as oci
+from shim.gpu._bound import clip, listing, short
 from shim.gpu.cdi import ANNOTATION_PREFIX, CdiError, QualifiedName, parse_qualified_name
 from shim.gpu.config import GpuConfig
 from shim.gpu.devices import entry_numbers, is_gpu_node
@@ -28,6 +29,7 @@ __all__ = [
     "VISIBLE_ENV",
     "CdiRequest",
     "GpuRequest",
+    "PodLevel",
     "Problem",
     "VisibleDevices",
     "is_mig_id",
@@ -93,23 +95,34 @@ def is_mig_id(text: str) -> bool:
     return bool(_MIG.fullmatch(text))
 
 
+def _is_device_id(token: str) -> bool:
+    return bool(
+        _INDEX.fullmatch(token) or _GPU_UUID.fullmatch(token) or _MIG.fullmatch(token)
+        or "=" in token
+    )
+
+
 def _classify(value: str) -> tuple[VisibleKind, tuple[str, ...], list[str]]:
-    tokens = [t.strip() for t in value.split(",") if t.strip()]
+    """One pass over the tokens (the value is the image's or the user's, and
+    may hold any number of them); ``bad`` keeps every rejected token in order."""
+    tokens = [t for t in (part.strip() for part in value.split(",")) if t]
     if not tokens:
         return "empty", (), []
-    if "void" in tokens:
+    seen = set(tokens)
+    if "void" in seen:
         return "void", (), []
-    if "all" in tokens:
+    if "all" in seen:
         return "all", (), []
     if tokens == ["none"]:
         return "none", (), []
-    bad = [
-        t
-        for t in tokens
-        if not (_INDEX.fullmatch(t) or _GPU_UUID.fullmatch(t) or _MIG.fullmatch(t) or "=" in t)
-    ]
-    good = [t for t in tokens if t not in bad]
-    return "list", tuple(dict.fromkeys(good)), bad
+    good: dict[str, None] = {}  # an ordered set
+    bad: list[str] = []
+    for token in tokens:
+        if _is_device_id(token):
+            good[token] = None
+        else:
+            bad.append(token)
+    return "list", tuple(good), bad
 
 
 def parse_visible_devices(
@@ -126,13 +139,14 @@ def parse_visible_devices(
     if cdi_hook and len(values) > 1 and values[-1].strip() == "void":
         raw, why = values[-2], "the value before the trailing void that CDI appended"
     kind, ids, bad = _classify(raw)
-    errors = [
-        (
-            f"{VISIBLE_ENV} entry {t!r} is not a GPU index, a GPU-/MIG- UUID or a CDI name",
+    errors: list[Problem] = []
+    if bad:
+        what = "entry" if len(bad) == 1 else f"{len(bad)} entries"
+        errors.append((
+            f"{VISIBLE_ENV} {what} {listing(bad, quote=True)} "
+            f"{'is' if len(bad) == 1 else 'are'} not a GPU index, a GPU-/MIG- UUID or a CDI name",
             f"set {VISIBLE_ENV} to all, none, void, GPU indices or GPU-<uuid> values",
-        )
-        for t in bad
-    ]
+        ))
     return VisibleDevices(kind, raw, ids, why), errors
 
 
@@ -168,18 +182,43 @@ class GpuRequest:
     runsc_annotation: bool = False
     pod_annotation: bool = False
     mig_env: tuple[str, ...] = ()
-    # Malformed input, as (cause, fix): always refused.
+    # Malformed input, as (cause, fix): refused (env_errors, a part of
+    # errors, only where NVIDIA_VISIBLE_DEVICES counts at all).
     errors: tuple[Problem, ...] = ()
+    env_errors: tuple[Problem, ...] = ()
+    # Annotations left out because they came from the pod (its author), one
+    # line each, for the plan's notes.
+    pod_level: tuple[str, ...] = ()
+
+    @property
+    def node_reasons(self) -> list[str]:
+        """Devices named in the spec: in a CRI pod only the node puts these
+        there (the device plugin's DeviceSpecs, CDI devices containerd resolved,
+        container annotations the kubelet set)."""
+        reasons = [f"linux.devices has {p}" for p in self.gpu_nodes]
+        # One reason per annotation, however many names it lists.
+        by_key: dict[str, list[str]] = {}
+        for r in self.cdi:
+            by_key.setdefault(r.source, []).append(str(r.name))
+        reasons += [f"annotation {k} requests {listing(names)}" for k, names in by_key.items()]
+        return reasons
+
+    @property
+    def hook_reason(self) -> str | None:
+        """An NVIDIA hook together with NVIDIA_VISIBLE_DEVICES: runsc then runs
+        nvidia-container-cli for the GPUs the variable names."""
+        if self.legacy_hook and self.visible.asks:
+            return f"prestart hook {self.legacy_hook} with {self._visible_text()}"
+        if self.cdi_hook and self.visible.asks:
+            return f"createContainer hook {self.cdi_hook} with {self._visible_text()}"
+        return None
 
     @property
     def explicit_reasons(self) -> list[str]:
         """Signals that name devices or hooks: nobody sets these by accident."""
-        reasons = [f"linux.devices has {p}" for p in self.gpu_nodes]
-        reasons += [f"annotation {r.source} requests {r.name}" for r in self.cdi]
-        if self.legacy_hook and self.visible.asks:
-            reasons.append(f"prestart hook {self.legacy_hook} with {self._visible_text()}")
-        elif self.cdi_hook and self.visible.asks:
-            reasons.append(f"createContainer hook {self.cdi_hook} with {self._visible_text()}")
+        reasons = self.node_reasons
+        if self.hook_reason:
+            reasons.append(self.hook_reason)
         if self.runsc_annotation:
             reasons.append(f"annotation {RUNSC_ANNOTATION}=true")
         return reasons
@@ -194,7 +233,7 @@ class GpuRequest:
 
     def _visible_text(self) -> str:
         why = f" ({self.visible.why})" if self.visible.why else ""
-        return f"{VISIBLE_ENV}={self.visible.raw}{why}"
+        return f"{VISIBLE_ENV}={clip(self.visible.raw, 80)}{why}"
 
 
 def _gpu_nodes(spec: dict[str, Any], host_nodes: Mapping[str, tuple[int, int]]) -> tuple[str, ...]:
@@ -207,23 +246,39 @@ def _gpu_nodes(spec: dict[str, Any], host_nodes: Mapping[str, tuple[int, int]]) 
     return tuple(dict.fromkeys(found))
 
 
+# Whether an annotation (key, value) came from the pod rather than the container.
+PodLevel = Callable[[str, str], bool]
+
+
+def _never(key: str, value: str) -> bool:
+    return False
+
+
 def _cdi_requests(
-    spec: dict[str, Any], vendors: frozenset[str]
-) -> tuple[list[CdiRequest], list[CdiRequest], list[Problem]]:
-    ours: list[CdiRequest] = []
-    foreign: list[CdiRequest] = []
+    spec: dict[str, Any], vendors: frozenset[str], pod_level: PodLevel
+) -> tuple[list[CdiRequest], list[CdiRequest], list[Problem], list[str]]:
+    ours: dict[CdiRequest, None] = {}  # ordered sets: a repeated name counts once
+    foreign: dict[CdiRequest, None] = {}
     errors: list[Problem] = []
+    ignored: list[str] = []
     for key, value in sorted(oci.annotations_of(spec).items()):
         if not key.startswith(ANNOTATION_PREFIX):
             continue
+        if pod_level(key, value):
+            ignored.append(f"annotation {short(key)}={short(value)}")
+            continue
+        bad: list[str] = []
         for item in (v.strip() for v in value.split(",")):
             try:
                 name = parse_qualified_name(item)
             except CdiError as exc:
-                errors.append((f"annotation {key}: {exc}", _CDI_FIX))
+                bad.append(str(exc))
                 continue
-            (ours if name.vendor in vendors else foreign).append(CdiRequest(name, key))
-    return ours, foreign, errors
+            (ours if name.vendor in vendors else foreign)[CdiRequest(name, key)] = None
+        if bad:
+            more = f" (and {len(bad) - 1} more bad names)" if len(bad) > 1 else ""
+            errors.append((f"annotation {short(key)}: {bad[0]}{more}", _CDI_FIX))
+    return list(ours), list(foreign), errors, ignored
 
 
 def _hook(spec: dict[str, Any], kind: str, basename: str) -> str | None:
@@ -239,16 +294,24 @@ def _flag_annotation(spec: dict[str, Any], key: str, errors: list[Problem]) -> b
     if value is None:
         return False
     if value not in _TRUE | _FALSE:
-        errors.append((f"annotation {key}={value!r} is not a boolean", f'set {key} to "true"'))
+        errors.append(
+            (f"annotation {key}={short(value)} is not a boolean", f'set {key} to "true"')
+        )
         return False
     return value in _TRUE
 
 
 def read_request(
-    spec: dict[str, Any], host_nodes: Mapping[str, tuple[int, int]], config: GpuConfig
+    spec: dict[str, Any],
+    host_nodes: Mapping[str, tuple[int, int]],
+    config: GpuConfig,
+    *,
+    pod_level: PodLevel = _never,
 ) -> GpuRequest:
-    """List every GPU signal in ``spec`` (which it does not change)."""
-    cdi, foreign, errors = _cdi_requests(spec, config.cdi_vendors)
+    """List every GPU signal in ``spec`` (which it does not change). CDI
+    annotations for which ``pod_level`` is true are left out, and listed in
+    ``pod_level`` of the result."""
+    cdi, foreign, errors, ignored = _cdi_requests(spec, config.cdi_vendors, pod_level)
     cdi_hook = _hook(spec, "createContainer", CDI_HOOK)
     visible, env_errors = parse_visible_devices(
         oci.env_values(spec, VISIBLE_ENV), cdi_hook=cdi_hook is not None
@@ -264,4 +327,6 @@ def read_request(
         pod_annotation=_flag_annotation(spec, POD_ANNOTATION, errors),
         mig_env=tuple(n for n in MIG_ENVS if any(v.strip() for v in oci.env_values(spec, n))),
         errors=tuple(errors + env_errors),
+        env_errors=tuple(env_errors),
+        pod_level=tuple(ignored),
     )

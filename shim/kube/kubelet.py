@@ -31,15 +31,24 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from shim.api.k8s.podresources.v1 import ListPodResourcesResponse, PodResources
+    from shim.api.k8s.podresources.v1 import (
+        ContainerResources,
+        ListPodResourcesResponse,
+        PodResources,
+    )
 
 __all__ = [
     "DEFAULT_SOCKET",
     "GPU_VENDORS",
+    "ContainerLookup",
     "GpuLookup",
+    "PodAnswer",
+    "container_gpus",
     "find_pod",
     "gpu_devices",
     "is_gpu_resource",
+    "lookup_container_gpus",
+    "lookup_pod",
     "lookup_pod_gpus",
     "pod_gpu_devices",
 ]
@@ -62,6 +71,18 @@ def is_gpu_resource(name: str, vendors: Iterable[str] = GPU_VENDORS) -> bool:
     return bool(slash) and domain in set(vendors)
 
 
+def _container_devices(container: ContainerResources, vendors: set[str]) -> list[str]:
+    found: list[str] = []
+    for devices in container.devices:
+        if is_gpu_resource(devices.resource_name, vendors):
+            found += devices.device_ids
+    for dynamic in container.dynamic_resources:
+        for claim in dynamic.claim_resources:
+            found += [cdi.name for cdi in claim.cdi_devices
+                      if is_gpu_resource(cdi.name.partition("=")[0], vendors)]
+    return found
+
+
 def gpu_devices(pod: PodResources, vendors: Iterable[str] = GPU_VENDORS) -> list[str]:
     """The GPU devices the kubelet allocated to any container of `pod`.
 
@@ -73,14 +94,7 @@ def gpu_devices(pod: PodResources, vendors: Iterable[str] = GPU_VENDORS) -> list
     vendor_set = set(vendors)
     found: dict[str, None] = {}  # an ordered set
     for container in pod.containers:
-        for devices in container.devices:
-            if is_gpu_resource(devices.resource_name, vendor_set):
-                found.update(dict.fromkeys(devices.device_ids))
-        for dynamic in container.dynamic_resources:
-            for claim in dynamic.claim_resources:
-                found.update(dict.fromkeys(
-                    cdi.name for cdi in claim.cdi_devices
-                    if is_gpu_resource(cdi.name.partition("=")[0], vendor_set)))
+        found.update(dict.fromkeys(_container_devices(container, vendor_set)))
     return list(found)
 
 
@@ -129,22 +143,28 @@ def _describe(err: BaseException) -> str:
     return str(err) or type(err).__name__
 
 
-async def lookup_pod_gpus(
-    socket_path: str,
-    pod_name: str,
-    pod_namespace: str,
-    *,
-    vendors: Sequence[str] = GPU_VENDORS,
-    timeout: float = 2.0,
-) -> GpuLookup:
-    """Ask the kubelet at `socket_path` for the GPUs of one pod.
+@dataclass(frozen=True)
+class PodAnswer:
+    """The kubelet's PodResources for one pod, and how we know.
 
-    `timeout` bounds the whole lookup, Get and the List fallback together:
-    sandbox creation waits on it.
+    ``reachable`` is False when the kubelet could not be asked (``reason`` says
+    why); ``pod`` is None when it answered but does not list the pod, which
+    then has no allocated devices. ``source`` names the call that answered.
     """
+
+    reachable: bool
+    pod: PodResources | None
+    source: str
+    reason: str = ""
+
+
+async def lookup_pod(socket_path: str, pod_name: str, pod_namespace: str, *,
+                     timeout: float = 2.0) -> PodAnswer:
+    """Ask the kubelet at `socket_path` for one pod's resources: Get, then List
+    when Get fails. `timeout` bounds both calls together: Create waits on it."""
     problem = _socket_problem(socket_path)
     if problem is not None:
-        return GpuLookup(None, problem)
+        return PodAnswer(False, None, "", problem)
 
     from grpclib.client import Channel
     from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
@@ -169,20 +189,86 @@ async def lookup_pod_gpus(
         except GRPCError as err:
             get_failed = f" (Get: {_describe(err)})"
         else:
-            devices = tuple(gpu_devices(got.pod_resources, vendors))
-            return GpuLookup(devices, f"kubelet Get: {who} has {_summary(devices)}")
+            return PodAnswer(True, got.pod_resources, "kubelet Get")
         listed = await stub.list(ListPodResourcesRequest(), deadline=deadline)
     except (OSError, TimeoutError, GRPCError, ProtocolError, StreamTerminatedError) as err:
-        return GpuLookup(None, f"kubelet pod-resources at {socket_path} did not answer for "
-                               f"{who}: {_describe(err)}{get_failed}")
+        return PodAnswer(False, None, "", f"kubelet pod-resources at {socket_path} did not "
+                                          f"answer for {who}: {_describe(err)}{get_failed}")
     finally:
         channel.close()
-    pod = find_pod(listed, pod_name, pod_namespace)
-    if pod is None:
-        return GpuLookup((), f"kubelet List{get_failed}: {who} is not listed, so it has no "
-                             "allocated devices")
-    devices = tuple(gpu_devices(pod, vendors))
-    return GpuLookup(devices, f"kubelet List{get_failed}: {who} has {_summary(devices)}")
+    return PodAnswer(True, find_pod(listed, pod_name, pod_namespace), f"kubelet List{get_failed}")
+
+
+async def lookup_pod_gpus(
+    socket_path: str,
+    pod_name: str,
+    pod_namespace: str,
+    *,
+    vendors: Sequence[str] = GPU_VENDORS,
+    timeout: float = 2.0,
+) -> GpuLookup:
+    """Ask the kubelet at `socket_path` for the GPUs of one pod."""
+    answer = await lookup_pod(socket_path, pod_name, pod_namespace, timeout=timeout)
+    who = f"pod {pod_namespace}/{pod_name}"
+    if not answer.reachable:
+        return GpuLookup(None, answer.reason)
+    if answer.pod is None:
+        return GpuLookup((), f"{answer.source}: {who} is not listed, so it has no allocated "
+                             "devices")
+    devices = tuple(gpu_devices(answer.pod, vendors))
+    return GpuLookup(devices, f"{answer.source}: {who} has {_summary(devices)}")
+
+
+def container_gpus(pod: PodResources, container: str, vendors: Iterable[str] = GPU_VENDORS
+                   ) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
+    """(device-plugin ids, DRA CDI names) of GPUs the kubelet allocated to one
+    container of `pod`; None when the pod lists no container of that name."""
+    found = [c for c in pod.containers if c.name == container]
+    if not found:
+        return None
+    ids: dict[str, None] = {}  # ordered sets
+    names: dict[str, None] = {}
+    vendor_set = set(vendors)
+    for one in found:
+        for device in _container_devices(one, vendor_set):
+            # A DRA device is a CDI name (vendor/class=name); a plugin id has no "=".
+            (names if "=" in device else ids)[device] = None
+    return tuple(ids), tuple(names)
+
+
+@dataclass(frozen=True)
+class ContainerLookup:
+    """What the kubelet allocated to one container.
+
+    ``devices`` is None when the kubelet could not be asked; otherwise the
+    (device-plugin ids, DRA CDI names) pair, both empty for a container with
+    no GPU or one the kubelet does not list. ``reason`` is a sentence for the
+    log.
+    """
+
+    devices: tuple[tuple[str, ...], tuple[str, ...]] | None
+    reason: str
+
+
+async def lookup_container_gpus(
+    socket_path: str,
+    pod_name: str,
+    pod_namespace: str,
+    container: str,
+    *,
+    vendors: Sequence[str] = GPU_VENDORS,
+    timeout: float = 2.0,
+) -> ContainerLookup:
+    """Ask the kubelet for the GPUs allocated to `container` of one pod."""
+    answer = await lookup_pod(socket_path, pod_name, pod_namespace, timeout=timeout)
+    who = f"container {container} of pod {pod_namespace}/{pod_name}"
+    if not answer.reachable:
+        return ContainerLookup(None, answer.reason)
+    found = None if answer.pod is None else container_gpus(answer.pod, container, vendors)
+    if found is None:
+        return ContainerLookup(((), ()), f"{answer.source}: {who} is not listed, so it has no "
+                                         "allocated devices")
+    return ContainerLookup(found, f"{answer.source}: {who} has {_summary([*found[0], *found[1]])}")
 
 
 def _summary(devices: Sequence[str]) -> str:

@@ -9,6 +9,7 @@ so the dry run decides exactly as Create does, kubelet lookup included.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -21,9 +22,11 @@ from shim.api.containerd.task.v2 import CreateTaskRequest
 from shim.config import RuntimeConfig
 from shim.config.options import load_config
 from shim.errors import FailedPrecondition, InvalidArgument
-from shim.gpu.detect import gather_host_facts
-from shim.gpu.facts import SandboxRole
-from shim.gpu.plan import POD_ANNOTATION, Plan, plan
+from shim.gpu import _oci as oci
+from shim.gpu._bound import clip, listing
+from shim.gpu.detect import CdiCache, gather_host_facts
+from shim.gpu.facts import Allocation, SandboxRole
+from shim.gpu.plan import Plan, plan
 from shim.kube.pod import PodRole, pod_role
 from shim.oci import bundle as bundle_io
 from shim.runsc import CommandRunner, GlobalOptions, ProbeCache, RunscCapabilities, probe
@@ -60,8 +63,16 @@ class Prepared:
 
 
 async def prepare(req: CreateTaskRequest, *, namespace: str, sandboxes: Mapping[str, Sandbox],
-                  runner: CommandRunner, probes: ProbeCache) -> Prepared:
-    """Everything Create decides before runsc runs; refusals raise here."""
+                  runner: CommandRunner, probes: ProbeCache,
+                  cdi_cache: CdiCache | None = None) -> Prepared:
+    """Everything Create decides before runsc runs; refusals raise here.
+
+    A refusal for malformed input (a bad CDI name or NVIDIA_VISIBLE_DEVICES
+    entry, an unknown driver capability) is InvalidArgument: the same request
+    fails anywhere. Everything else (the host's driver or runsc, the config's
+    policy, the pod's sandbox, the kubelet's allocation) is FailedPrecondition:
+    the request is well-formed and the node's state decides it.
+    """
     if req.checkpoint:
         raise InvalidArgument(f"container {req.id}: restoring from a checkpoint is not supported")
     config = load_config(req.options if betterproto.serialized_on_wire(req.options) else None)
@@ -69,10 +80,11 @@ async def prepare(req: CreateTaskRequest, *, namespace: str, sandboxes: Mapping[
     caps = await probe(config.binary_name, runner, probes)
     spec = bundle_io.load_spec(req.bundle)
     decided = await plan_create(spec, caps, config, container_id=req.id, bundle=req.bundle,
-                                namespace=namespace, sandboxes=sandboxes)
+                                namespace=namespace, sandboxes=sandboxes, cdi_cache=cdi_cache)
     result = decided.plan
     if result.refusals:
-        raise FailedPrecondition("; ".join(result.refusals))
+        refused = InvalidArgument if result.bad_input else FailedPrecondition
+        raise refused("; ".join(result.refusals))
     _check_seccomp(req.id, result.spec, decided.runsc, config)
     for warning in (*config.warnings, *result.warnings):
         log.warning(warning, extra={"container_id": req.id})
@@ -81,7 +93,7 @@ async def prepare(req: CreateTaskRequest, *, namespace: str, sandboxes: Mapping[
     log.info("starting container with nvproxy" if decided.nvproxy else "creating container",
              extra={"container_id": req.id, "nvproxy_enabled": str(decided.nvproxy).lower(),
                     "role": decided.role.kind, "network": decided.runsc.network,
-                    "runsc": caps.describe(), "gpu_reasons": "; ".join(result.decision.reasons)})
+                    "runsc": caps.describe(), **_gpu_fields(result)})
     linux = result.spec.get("linux") or {}
     params = CreateParams(
         id=req.id, bundle=req.bundle, mounts=mounts_from(req.rootfs),
@@ -90,23 +102,53 @@ async def prepare(req: CreateTaskRequest, *, namespace: str, sandboxes: Mapping[
         cgroups_path=str(linux.get("cgroupsPath") or ""),
         memory_limit=((linux.get("resources") or {}).get("memory") or {}).get("limit"),
     )
-    booted = Sandbox(req.id, decided.runsc, result.nvproxy) \
-        if decided.role.kind == "sandbox" else None
+    booted = None
+    if decided.role.kind == "sandbox":
+        booted = Sandbox(req.id, decided.runsc, result.nvproxy, decided.role.pod_name,
+                         decided.role.pod_namespace, _pod_annotations(spec))
     return Prepared(params, booted)
+
+
+def _gpu_fields(result: Plan) -> dict[str, str]:
+    """The GPU decision for the create log line: why, which GPU nodes, what
+    was set aside, and how the grant compares with the kubelet's allocation."""
+    decision = result.decision
+    fields = {"gpu_reasons": clip("; ".join(decision.reasons), 400)}
+    if decision.gpu:
+        nodes = [str(d.get("path")) for d in oci.devices(result.spec)
+                 if str(d.get("path", "")).startswith("/dev/nvidia")]
+        fields["gpu_devices"] = listing(nodes, 16) or "none"
+    if decision.ignored:
+        fields["gpu_ignored"] = clip("; ".join(decision.ignored), 600)
+    if decision.allocation:
+        fields["gpu_allocation"] = clip(decision.allocation, 400)
+    return fields
+
+
+def _pod_annotations(spec: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+    """The pod annotations containerd forwarded into a sandbox's spec: all
+    but its own io.kubernetes.cri.* keys, which it sets on every spec."""
+    found = oci.annotations_of(dict(spec))
+    return tuple(sorted((k, v) for k, v in found.items()
+                        if not k.startswith("io.kubernetes.cri.")))
 
 
 async def plan_create(spec: dict[str, Any], caps: RunscCapabilities, config: RuntimeConfig, *,
                       container_id: str, bundle: str, namespace: str,
-                      sandboxes: Mapping[str, Sandbox] | None) -> CreatePlan:
+                      sandboxes: Mapping[str, Sandbox] | None,
+                      cdi_cache: CdiCache | None = None) -> CreatePlan:
     """The GPU plan and runsc options for one container.
 
     ``sandboxes`` are the pod sandboxes this shim serves; None is the dry run
     of the ``plan`` command, where an app container's sandbox is not known.
+    The kubelet is asked while the host is read: reading CDI specs parses
+    files, so it runs in a worker thread, off the daemon's event loop.
     """
     role = pod_role(spec.get("annotations") or {})
     joined = _joined_sandbox(container_id, role, sandboxes)
-    sandbox_role = await _sandbox_role(role, joined, config, spec)
-    host = gather_host_facts(caps, config.gpu.cdi_dirs)
+    sandbox_role, host = await asyncio.gather(
+        _sandbox_role(role, joined, config),
+        asyncio.to_thread(gather_host_facts, caps, config.gpu.cdi_dirs, cache=cdi_cache))
     result = plan(spec, host, config.gpu, container_id=container_id, sandbox=sandbox_role)
     if joined is not None:
         runsc = member_options(joined.runsc, bundle)
@@ -114,7 +156,6 @@ async def plan_create(spec: dict[str, Any], caps: RunscCapabilities, config: Run
         runsc = sandbox_options(config, caps, result, namespace=namespace,
                                 container_id=container_id, bundle=bundle)
     return CreatePlan(role, joined, result, runsc)
-
 
 def _joined_sandbox(container_id: str, role: PodRole,
                     sandboxes: Mapping[str, Sandbox] | None) -> Sandbox | None:
@@ -130,17 +171,16 @@ def _joined_sandbox(container_id: str, role: PodRole,
     return joined
 
 
-async def _sandbox_role(role: PodRole, joined: Sandbox | None, config: RuntimeConfig,
-                        spec: dict[str, Any]) -> SandboxRole:
+async def _sandbox_role(role: PodRole, joined: Sandbox | None,
+                        config: RuntimeConfig) -> SandboxRole:
     if role.kind == "member":
-        return SandboxRole.member(role.sandbox_id,
-                                  sandbox_nvproxy=None if joined is None else joined.nvproxy)
+        return await _member_role(role, joined, config)
     if role.kind == "standalone":
         return SandboxRole.standalone()
-    annotations = spec.get("annotations") or {}
-    if config.gpu.nvproxy != "auto" or POD_ANNOTATION in annotations \
-            or not (role.pod_name and role.pod_namespace):
-        return SandboxRole.pod_sandbox()
+    if config.gpu.nvproxy != "auto":
+        return SandboxRole.pod_sandbox(kubelet=f"not asked: policy nvproxy = {config.gpu.nvproxy}")
+    if not (role.pod_name and role.pod_namespace):
+        return SandboxRole.pod_sandbox(kubelet="not asked: the sandbox's spec names no pod")
     # The pause container carries no GPU request; ask the kubelet what the pod got.
     from shim.kube.kubelet import lookup_pod_gpus
 
@@ -148,7 +188,51 @@ async def _sandbox_role(role: PodRole, joined: Sandbox | None, config: RuntimeCo
                                   role.pod_namespace, vendors=tuple(config.gpu.cdi_vendors))
     log.info("pod resources: %s", found.reason, extra={"pod": role.pod_name})
     has_gpus = None if found.devices is None else bool(found.devices)
-    return SandboxRole.pod_sandbox(pod_has_gpus=has_gpus)
+    return SandboxRole.pod_sandbox(pod_has_gpus=has_gpus, kubelet=found.reason)
+
+
+async def _member_role(role: PodRole, joined: Sandbox | None,
+                       config: RuntimeConfig) -> SandboxRole:
+    """An app container: its sandbox's state, the pod's own annotations, and
+    the kubelet's allocation for this container when the sandbox has nvproxy
+    (in a sandbox without it, a GPU request is refused whatever was allocated)."""
+    nvproxy = None if joined is None else joined.nvproxy
+    member = SandboxRole.member(
+        role.sandbox_id, sandbox_nvproxy=nvproxy,
+        pod_annotations=None if joined is None else joined.pod_annotations)
+    # The sandbox's names were set by containerd on the pause spec; prefer them.
+    name = joined.pod_name if joined is not None else role.pod_name
+    pod_ns = joined.pod_namespace if joined is not None else role.pod_namespace
+    if nvproxy is False or config.gpu.nvproxy == "never":
+        return member
+    if not (name and pod_ns):
+        return _with(member, kubelet="not asked: the pod's name is not known")
+    from shim.kube.kubelet import lookup_container_gpus, lookup_pod
+
+    pod = f"{pod_ns}/{name}"
+    if not role.container_name:
+        # The kubelet may still answer: then which share is this container's is unknown.
+        answer = await lookup_pod(config.pod_resources_socket, name, pod_ns)
+        if not answer.reachable:
+            return _with(member, kubelet=answer.reason)
+        why = ("its spec has no io.kubernetes.cri.container-name, so the kubelet's "
+               "allocation for it cannot be found")
+        return _with(member, allocation=Allocation(pod, "(unnamed)", unknown=why))
+    found = await lookup_container_gpus(config.pod_resources_socket, name, pod_ns,
+                                        role.container_name,
+                                        vendors=tuple(config.gpu.cdi_vendors))
+    log.info("pod resources: %s", found.reason, extra={"pod": name})
+    if found.devices is None:
+        return _with(member, kubelet=found.reason)
+    ids, cdi_names = found.devices
+    return _with(member, kubelet=found.reason,
+                 allocation=Allocation(pod, role.container_name, ids, cdi_names))
+
+
+def _with(role: SandboxRole, **changes: Any) -> SandboxRole:
+    import dataclasses
+
+    return dataclasses.replace(role, **changes)
 
 
 def _check_seccomp(container_id: str, spec: dict[str, Any], runsc: GlobalOptions,

@@ -24,3 +24,10 @@ class Sandbox:
     id: str
     runsc: GlobalOptions
     nvproxy: bool
+    # The pod as containerd named it on the sandbox's spec (its own keys,
+    # which a pod's author cannot set): members are looked up under it.
+    pod_name: str | None = None
+    pod_namespace: str | None = None
+    # The sandbox spec's annotations other than containerd's own: the pod
+    # annotations containerd forwarded, which it copies into every member too.
+    pod_annotations: tuple[tuple[str, str], ...] = ()

@@ -32,6 +32,7 @@ from shim.api.containerd.task import v2 as api
 from shim.api.containerd.v1.types import ProcessInfo
 from shim.api.containerd.v1.types import Status as ApiStatus
 from shim.errors import AlreadyExists, InvalidArgument, NotFound, Unimplemented
+from shim.gpu.detect import CdiCache
 from shim.oci.ids import check_id
 from shim.protowire import WireFormatError, strict_parse
 from shim.runsc import CommandRunner, ProbeCache, Runsc
@@ -96,6 +97,8 @@ class TaskService:
         self.events = events
         self.reaper = reaper
         self.probes = probes
+        # Parsed CDI spec files, re-read only when a file changes.
+        self.cdi_cache = CdiCache()
         self._runtime: RuntimeFactory = runtime or (
             lambda p: Runsc(p.runsc, reaper, tmpdir=p.bundle))
         self._shutdown = shutdown
@@ -174,7 +177,8 @@ class TaskService:
                       namespace: str) -> api.CreateTaskResponse:
         try:
             prepared = await prepare(req, namespace=namespace, sandboxes=self.sandboxes,
-                                     runner=self.reaper, probes=self.probes)
+                                     runner=self.reaper, probes=self.probes,
+                                     cdi_cache=self.cdi_cache)
             params = prepared.params
             c = await Container.create(params, self._runtime(params), self.reaper,
                                        self._process_event)

@@ -273,8 +273,10 @@ class CriClient:
 
 POD_SUBNET = "10.213.0.0/24"  # only ever routed inside the fixture's own network namespace
 CNI_BIN_DIR = "/usr/lib/cni"  # Debian's containernetworking-plugins
-# What the gvisorgpu handler passes through from pods: the shim's own knobs
-# (dev.gvisorgpu.nvproxy) and CDI device requests.
+# What the gvisorgpu handler passes through from pods: the shim's own knob
+# (dev.gvisorgpu.nvproxy) and, unlike the shipped config, CDI requests too, so
+# the tests see the shim ignore a pod author's CDI annotation even when an
+# operator's containerd still forwards it.
 POD_ANNOTATIONS = ("dev.gvisorgpu.*", "cdi.k8s.io/*")
 OPTIONS_TYPE_URL = "io.containerd.gvisorgpu.v1.options"
 

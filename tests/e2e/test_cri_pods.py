@@ -8,11 +8,12 @@ Three things only a real containerd can show:
   namespace's network stack (``network = "host"``), and the default ``auto``
   fails with a message that names the config key, since runsc refuses its own
   netstack (``--network=sandbox``) on these machines (DESIGN.md);
-- whether a pod gets nvproxy is decided when its sandbox boots, from the pod
-  annotation or the kubelet's PodResources answer (a stand-in server of the real
-  gRPC service), and a GPU container in a pod booted without it is refused with
-  the fix. ``nvproxy_driver_version`` is forced so runsc really boots with
-  --nvproxy on this GPU-less host;
+- whether a pod gets nvproxy is decided when its sandbox boots, from the
+  kubelet's PodResources answer (a stand-in server of the real gRPC service), or,
+  with no kubelet and only when the operator opts in, from the pod annotation;
+  a GPU container in a pod booted without it is refused with the fix.
+  ``nvproxy_driver_version`` is forced so runsc really boots with --nvproxy on
+  this GPU-less host;
 - a GPU container that crashes a pod's sandbox (runsc's sentry panics here)
   leaves nothing behind, and its error should say why.
 
@@ -353,22 +354,31 @@ class SandboxCase:
     kubelet: Mapping[str, Mapping[str, list[str]]] | None
     nvproxy: bool
     reason: str  # in the create record's gpu_reasons
-    lookup: str | None  # the "pod resources: ..." message, None when not asked
+    lookup: str  # the "pod resources: ..." message
+    accept_annotation: bool = False  # accept_pod_nvproxy_annotation
+    ignored: str | None = None  # in the create record's gpu_ignored
 
 
+NO_KUBELET = "pod resources: no kubelet pod-resources socket at {socket}"
+NO_GPU_LOOKUP = "pod resources: kubelet Get: pod default/{pod} has no GPU devices"
 SANDBOX_CASES = {
-    "annotation": SandboxCase({POD_ANNOTATION: "true"}, None, True,
-                              f"annotation {POD_ANNOTATION}=true", None),
+    "annotation-accepted": SandboxCase({POD_ANNOTATION: "true"}, None, True,
+                                       f"annotation {POD_ANNOTATION}=true", NO_KUBELET,
+                                       accept_annotation=True),
+    "annotation-not-accepted": SandboxCase(
+        {POD_ANNOTATION: "true"}, None, False, "without a kubelet GPU allocation", NO_KUBELET,
+        ignored="accept_pod_nvproxy_annotation is off"),
+    "annotation-kubelet-says-no": SandboxCase(
+        {POD_ANNOTATION: "true"}, {"main": {"example.com/fpga": ["f0"]}}, False,
+        "without a kubelet GPU allocation", NO_GPU_LOOKUP, accept_annotation=True,
+        ignored="the kubelet answered, and it allocated no GPU"),
     "kubelet-gpu": SandboxCase({}, {"main": {"nvidia.com/gpu": ["GPU-0"]}}, True,
-                               "the pod has GPUs",
+                               "the kubelet allocated GPUs to the pod",
                                "pod resources: kubelet Get: pod default/{pod} has GPU devices "
                                "GPU-0"),
     "kubelet-no-gpu": SandboxCase({}, {"main": {"example.com/fpga": ["f0"]}}, False,
-                                  f"pod sandbox without {POD_ANNOTATION}=true",
-                                  "pod resources: kubelet Get: pod default/{pod} has no GPU "
-                                  "devices"),
-    "neither": SandboxCase({}, None, False, f"pod sandbox without {POD_ANNOTATION}=true",
-                           "pod resources: no kubelet pod-resources socket at {socket}"),
+                                  "without a kubelet GPU allocation", NO_GPU_LOOKUP),
+    "neither": SandboxCase({}, None, False, "without a kubelet GPU allocation", NO_KUBELET),
 }
 
 
@@ -388,8 +398,9 @@ def test_nvproxy_is_decided_when_the_pod_sandbox_boots(env: cri.CriEnv, gpu_file
     case = SANDBOX_CASES[case_id]
     socket = tmp_path / "kubelet.sock"
     env.configure(nvproxy_driver_version=DRIVER, pod_resources_socket=str(socket),
-                  cdi_spec_dirs=[str(gpu_files.cdi_dir)])
-    name = f"gpu-{case_id}"
+                  cdi_spec_dirs=[str(gpu_files.cdi_dir)],
+                  accept_pod_nvproxy_annotation=case.accept_annotation)
+    name = f"gpu-{case_id}"[:40]
     stub_pods = None if case.kubelet is None else [kubelet.pod(name, "default", case.kubelet)]
     log = ContainerdLog(env.daemon)
     try:
@@ -400,11 +411,10 @@ def test_nvproxy_is_decided_when_the_pod_sandbox_boots(env: cri.CriEnv, gpu_file
         assert (record["nvproxy_enabled"], record["role"]) == (str(case.nvproxy).lower(),
                                                               "sandbox"), record
         assert case.reason in record["gpu_reasons"], record
+        if case.ignored is not None:
+            assert case.ignored in record.get("gpu_ignored", ""), record
         lookups = log.messages("pod resources:")
-        if case.lookup is None:
-            assert lookups == []
-        else:
-            assert lookups == [case.lookup.format(pod=name, socket=socket)]
+        assert lookups == [case.lookup.format(pod=name, socket=socket)]
         if stub is not None:
             assert stub.calls == ["Get"]
 
@@ -457,7 +467,7 @@ def test_gpu_container_in_a_pod_booted_without_nvproxy_is_refused(
         message = failed.value.message or ""
         assert f"container {gpu}: it asks for a GPU" in message, message
         assert f"pod sandbox {pod.id} was booted without nvproxy" in message, message
-        assert f'recreate the pod with the annotation {POD_ANNOTATION}: "true"' in message
+        assert "resources.limits nvidia.com/gpu" in message, message
         assert 'nvproxy = "always"' in message, message
         if how == "cdi-annotation" and cd.major(env.daemon.version) >= 2:
             # 2.x's own CDI resolved the request from the spec folder first.
@@ -488,7 +498,8 @@ def _start_gpu_member_without_a_gpu(env: cri.CriEnv, gpu_files: GpuFiles) -> Cra
     from containerManager.StartSubcontainer) when a container with the CDI
     spec's device nodes starts in a sandbox booted with --nvproxy and there is
     no GPU: the sandbox dies, and every container of the pod with it."""
-    env.configure(nvproxy_driver_version=DRIVER, cdi_spec_dirs=[str(gpu_files.cdi_dir)])
+    env.configure(nvproxy_driver_version=DRIVER, cdi_spec_dirs=[str(gpu_files.cdi_dir)],
+                  accept_pod_nvproxy_annotation=True)
     c = env.cri
     pod = run_pod(env, "gpu-member", annotations={POD_ANNOTATION: "true"})
     bystander = start_sleeper(env, pod, "bystander")

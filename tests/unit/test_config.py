@@ -133,8 +133,9 @@ P = f"runtime config {SRC}: "
 REFUSALS = [
     ('netwrok = "host"', P + "`netwrok` is not a known key; did you mean `network`?"),
     ("runsc_cfg = 1", P + "`runsc_cfg` is not a known key; did you mean `runsc_config`?"),
-    ("zzz = 1", P + "`zzz` is not a known key; known keys: accept_visible_devices_env, "
-     "binary_name, cdi_default_kind, cdi_spec_dirs, cdi_vendors, debug, gvisorPlatform, "
+    ("zzz = 1", P + "`zzz` is not a known key; known keys: accept_pod_nvproxy_annotation, "
+     "accept_visible_devices_env, accept_visible_devices_env_in_pods, binary_name, "
+     "cdi_default_kind, cdi_spec_dirs, cdi_vendors, debug, gvisorPlatform, "
      "gvisorRoot, log_level, log_path, network, nvproxy, nvproxy_allow_unsupported_driver, "
      "nvproxy_allowed_capabilities, nvproxy_driver_version, platform, pod_resources_socket, "
      "root, runsc_config, seccomp"),

@@ -532,9 +532,9 @@ def test_sandbox_argument_overrides_annotations() -> None:
 
 def test_pod_sandbox_allows_what_the_config_allows() -> None:
     """Later containers may ask for up to the sandbox's allowed set."""
-    pod = ann("dev.gvisorgpu.nvproxy", "true")
-    sandbox = run(pod, RUNSC_2026, GRAPHICS_OK, sandbox=SandboxRole.pod_sandbox())
+    gpu_pod = SandboxRole.pod_sandbox(pod_has_gpus=True)
+    sandbox = run({}, RUNSC_2026, GRAPHICS_OK, sandbox=gpu_pod)
     assert sandbox.runsc_flags["nvproxy-allowed-driver-capabilities"] == "compute,graphics,utility"
-    old = run(pod, HOST, GRAPHICS_OK, sandbox=SandboxRole.pod_sandbox())
+    old = run({}, HOST, GRAPHICS_OK, sandbox=gpu_pod)
     assert old.ok and "nvproxy-allowed-driver-capabilities" not in old.runsc_flags
     assert any("cannot allow graphics" in w for w in old.warnings)

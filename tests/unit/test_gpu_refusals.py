@@ -318,20 +318,36 @@ ROLES = [
         "pod sandbox without",
     ),
     (
-        "sandbox with the pod annotation",
+        "sandbox with the pod annotation, not accepted",
         POD_ANN,
         SandboxRole.pod_sandbox(),
         C,
-        True,
-        "dev.gvisorgpu.nvproxy=true",
+        False,
+        "without a kubelet GPU allocation",
     ),
     (
-        "sandbox with an outside GPU fact",
+        "sandbox with the pod annotation, accepted without a kubelet",
+        POD_ANN,
+        SandboxRole.pod_sandbox(),
+        GpuConfig(accept_pod_nvproxy_annotation=True),
+        True,
+        "dev.gvisorgpu.nvproxy=true (accept_pod_nvproxy_annotation = true",
+    ),
+    (
+        "sandbox with the pod annotation, the kubelet says no GPU",
+        POD_ANN,
+        SandboxRole.pod_sandbox(pod_has_gpus=False),
+        GpuConfig(accept_pod_nvproxy_annotation=True),
+        False,
+        "without a kubelet GPU allocation",
+    ),
+    (
+        "sandbox the kubelet reports GPUs for",
         {},
         SandboxRole.pod_sandbox(pod_has_gpus=True),
         C,
         True,
-        "supplied by the caller",
+        "the kubelet allocated GPUs to the pod",
     ),
     (
         "sandbox, policy always",
@@ -396,7 +412,7 @@ def test_roles(
 
 def test_sandbox_with_gpus_is_checked_at_pod_creation() -> None:
     """A pod on an unsupported driver fails when the sandbox is created."""
-    result = run(POD_ANN, NO_GPU, C, SandboxRole.pod_sandbox())
+    result = run({}, NO_GPU, C, SandboxRole.pod_sandbox(pod_has_gpus=True))
     assert any("no NVIDIA driver" in r for r in result.refusals)
 
 
@@ -406,14 +422,30 @@ def test_sandbox_with_gpus_is_checked_at_pod_creation() -> None:
     ids=["device", "env only"],
 )
 def test_member_in_sandbox_without_nvproxy(spec: dict[str, Any], hint: bool) -> None:
-    result = run(spec, HOST, C, SandboxRole.member("pod-9", sandbox_nvproxy=False))
-    assert not result.nvproxy
+    config = GpuConfig(accept_visible_devices_env_in_pods=True)
+    result = run(spec, HOST, config, SandboxRole.member("pod-9", sandbox_nvproxy=False))
+    assert not result.nvproxy and not result.bad_input
     (refusal,) = result.refusals
     assert "pod sandbox pod-9 was booted without nvproxy" in refusal
-    assert 'dev.gvisorgpu.nvproxy: "true"' in refusal and "pod_annotations" in refusal
+    assert "resources.limits nvidia.com/gpu" in refusal and 'nvproxy = "always"' in refusal
+    assert "accept_pod_nvproxy_annotation = true" in refusal
     assert ("NVIDIA_VISIBLE_DEVICES=void" in refusal) is hint
 
 
-def test_sandbox_policy_never_refuses_the_pod_annotation() -> None:
-    result = run(POD_ANN, HOST, GpuConfig(nvproxy="never"), SandboxRole.pod_sandbox())
+def test_member_env_alone_is_no_ask_in_a_pod() -> None:
+    """The pod's author writes the env: by default it asks for nothing, so a
+    CUDA image (NVIDIA_VISIBLE_DEVICES=all) runs as a CPU container."""
+    spec = {"process": {"env": ["NVIDIA_VISIBLE_DEVICES=all"]}}
+    result = run(spec, HOST, C, SandboxRole.member("pod-9", sandbox_nvproxy=False))
+    assert result.ok and not result.nvproxy
+    assert any("accept_visible_devices_env_in_pods is off" in i for i in result.decision.ignored)
+
+
+def test_sandbox_policy_never_refuses_an_accepted_pod_annotation() -> None:
+    config = GpuConfig(nvproxy="never", accept_pod_nvproxy_annotation=True)
+    result = run(POD_ANN, HOST, config, SandboxRole.pod_sandbox())
     assert any("nvproxy = never" in r for r in result.refusals)
+    kubelet = run({}, HOST, GpuConfig(nvproxy="never"), SandboxRole.pod_sandbox(pod_has_gpus=True))
+    assert any("nvproxy = never" in r for r in kubelet.refusals)
+    ignored = run(POD_ANN, HOST, GpuConfig(nvproxy="never"), SandboxRole.pod_sandbox())
+    assert ignored.ok and not ignored.nvproxy

@@ -65,7 +65,10 @@ def test_render_json_is_json_and_complete() -> None:
         "mode": "cdi",
         "role": "standalone",
         "reasons": ["linux.devices has /dev/nvidiactl", "NVIDIA_VISIBLE_DEVICES=all"],
+        "ignored": [],
+        "allocation": "",
     }
+    assert doc["bad_input"] is False
     assert doc["runsc_flags"] == {"nvproxy": "true", "nvproxy-driver-version": "550.90.07"}
     assert doc["runsc_argv"] == ARGV
     assert doc["spec_changed"] is True

@@ -130,7 +130,7 @@ CDI_HOOK = {"createContainer": [{"path": "/usr/bin/nvidia-cdi-hook", "args": ["n
         (
             "CDI annotation",
             _spec(annotations={"cdi.k8s.io/dp_0": "nvidia.com/gpu=0, nvidia.com/gpu=1"}),
-            ["requests nvidia.com/gpu=0", "requests nvidia.com/gpu=1"],
+            ["requests nvidia.com/gpu=0, nvidia.com/gpu=1"],
             None,
         ),
         (

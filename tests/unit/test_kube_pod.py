@@ -21,6 +21,19 @@ CRI = "io.kubernetes.cri."
          PodRole("sandbox", "s1", "web", "prod")),
         ({CRI + "container-type": "container", CRI + "sandbox-id": "s1"},
          PodRole("member", "s1")),
+        ({CRI + "container-type": "container", CRI + "sandbox-id": "s1",
+          CRI + "sandbox-name": "web", CRI + "sandbox-namespace": "prod",
+          CRI + "container-name": "main"},
+         PodRole("member", "s1", "web", "prod", "main")),
+        # containerd's keys are set by containerd after the pod's own annotations;
+        # CRI-O's spelling is not, so in a containerd pod it is never read
+        # (a pod author could forward it to name another pod or container).
+        ({CRI + "container-type": "container", CRI + "sandbox-id": "s1",
+          "io.kubernetes.pod.name": "victim", "io.kubernetes.pod.namespace": "prod",
+          "io.kubernetes.container.name": "gpu-main"},
+         PodRole("member", "s1")),
+        ({CRI + "container-type": "container", "io.kubernetes.cri-o.SandboxID": "s9"},
+         PodRole("standalone")),
         ({"io.kubernetes.cri-o.ContainerType": "container",
           "io.kubernetes.cri-o.SandboxID": "s2", "io.kubernetes.pod.name": "p"},
          PodRole("member", "s2", "p")),
@@ -52,7 +65,9 @@ def test_roles_compare_and_hash_by_value() -> None:
     assert PodRole("member", "s") == PodRole("member", "s")
     assert PodRole("member", "s") != PodRole("member", "t")
     assert len({PodRole("member", "s"), PodRole("member", "s")}) == 1
-    assert repr(PodRole("sandbox", "s")) == "PodRole('sandbox', 's', None, None)"
+    assert repr(PodRole("sandbox", "s")) == "PodRole('sandbox', 's', None, None, None)"
+    assert PodRole("member", "s", container_name="a") != PodRole("member", "s",
+                                                                   container_name="b")
 
 
 def test_cheap_to_import_on_the_start_path() -> None:

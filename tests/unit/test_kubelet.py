@@ -234,3 +234,43 @@ def test_stub_serves_synchronous_tests_from_a_thread(sock_path: Path) -> None:
     assert devices == ["GPU-aaaa", "GPU-bbbb"]
     assert stub.calls == ["Get", "List"]
     assert not sock_path.exists()
+
+
+# ---- one container's allocation ----
+
+@pytest.mark.parametrize(("container", "expected"), [
+    ("main", (("GPU-aaaa", "GPU-bbbb"), ())),
+    ("sidecar", (("GPU-bbbb",), ())),
+    ("init", ((), ())),
+    ("absent", None),
+])
+def test_container_gpus(container: str, expected: object) -> None:
+    assert kubelet.container_gpus(GPU_POD, container) == expected
+
+
+def test_container_gpus_splits_dra_names_from_plugin_ids() -> None:
+    mixed = pod("mixed", "ml", {"main": {"nvidia.com/gpu": ["GPU-aaaa"]}},
+                dynamic={"main": [dra_claim("c", "ml", "gpu.nvidia.com",
+                                            ["nvidia.com/gpu=gpu-1", "example.com/x=1"])]})
+    assert kubelet.container_gpus(mixed, "main") == (("GPU-aaaa",), ("nvidia.com/gpu=gpu-1",))
+
+
+@pytest.mark.parametrize(("name", "container", "devices", "reason"), [
+    ("trainer", "sidecar", (("GPU-bbbb",), ()),
+     "kubelet Get: container sidecar of pod ml/trainer has GPU devices GPU-bbbb"),
+    ("trainer", "ghost", ((), ()), "container ghost of pod ml/trainer is not listed"),
+    ("nobody", "main", ((), ()), "container main of pod ml/nobody is not listed"),
+])
+@pytest.mark.asyncio
+async def test_lookup_container_gpus(sock_path: Path, name: str, container: str,
+                                     devices: object, reason: str) -> None:
+    async with serving(sock_path, PodResourcesStub([GPU_POD, PLAIN_POD])):
+        found = await kubelet.lookup_container_gpus(str(sock_path), name, "ml", container)
+    assert found.devices == devices
+    assert reason in found.reason
+
+
+@pytest.mark.asyncio
+async def test_lookup_container_gpus_without_a_kubelet(sock_path: Path) -> None:
+    found = await kubelet.lookup_container_gpus(str(sock_path), "trainer", "ml", "main")
+    assert found.devices is None and "no kubelet pod-resources socket" in found.reason

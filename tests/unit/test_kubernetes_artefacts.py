@@ -45,9 +45,15 @@ def test_containerd_fragment_registers_this_runtime(name: str, plugin: str) -> N
     runtime = _runtime(doc, plugin)
     assert runtime["runtime_type"] == RUNTIME_TYPE
     assert set(runtime["options"]) == {"TypeUrl", "ConfigPath"}
-    # containerd passes a pod annotation through only when a glob here matches it.
-    assert any(POD_ANNOTATION.startswith(glob.rstrip("*"))
-               for glob in runtime["pod_annotations"])
+    # containerd passes an annotation through only when a glob here matches it.
+    def passes(key: str, globs: list[str]) -> bool:
+        return any(key.startswith(glob.rstrip("*")) for glob in globs)
+
+    assert passes(POD_ANNOTATION, runtime["pod_annotations"])
+    # A pod's own CDI annotation is the pod author's (shim/gpu/TRUST.md): never forwarded;
+    # the device plugin's, a container annotation the kubelet sets, is.
+    assert not passes("cdi.k8s.io/x", runtime["pod_annotations"])
+    assert passes("cdi.k8s.io/x", runtime["container_annotations"])
     # The installer ships the same fragment (without the version line).
     shipped = tomllib.loads(_configmap()[name])
     assert _runtime(shipped, plugin) == runtime
