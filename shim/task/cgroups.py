@@ -27,7 +27,14 @@ from __future__ import annotations
 import posixpath
 from dataclasses import dataclass
 
-__all__ = ["ProcCgroup", "expand_slice", "parse_proc_cgroup", "runsc_relative", "systemd_cgroup"]
+__all__ = [
+    "ProcCgroup",
+    "expand_slice",
+    "parse_proc_cgroup",
+    "placed_in_slice",
+    "runsc_relative",
+    "systemd_cgroup",
+]
 
 _SLICE = ".slice"
 _DEFAULT_SLICE = "system.slice"
@@ -103,3 +110,14 @@ def runsc_relative(cgroups_path: str, own: ProcCgroup) -> ProcCgroup:
     unified = None if own.unified is None else posixpath.join(
         posixpath.dirname(own.unified), cgroups_path)
     return ProcCgroup(memory=memory, unified=unified)
+
+
+def placed_in_slice(cgroups_path: str, slice_exists: bool) -> str | None:
+    """The cgroupfs path to give runsc for a systemd-form ``cgroupsPath``, so the
+    sandbox lands in the pod's slice rather than below runsc's own cgroup
+    (where the pod's limits would not apply). Only when that slice exists
+    (the kubelet made it); otherwise None: the shim makes no systemd slices."""
+    scope = systemd_cgroup(cgroups_path)
+    if scope is None or not slice_exists:
+        return None
+    return scope

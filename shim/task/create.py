@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +31,7 @@ from shim.gpu.plan import Plan, plan
 from shim.kube.pod import PodRole, pod_role
 from shim.oci import bundle as bundle_io
 from shim.runsc import CommandRunner, GlobalOptions, ProbeCache, RunscCapabilities, probe
+from shim.task import cgroups
 from shim.task.container import CreateParams, mounts_from
 from shim.task.pod import Sandbox
 from shim.task.runsc_options import member_options, sandbox_options, seccomp_enforced
@@ -86,6 +88,7 @@ async def prepare(req: CreateTaskRequest, *, namespace: str, sandboxes: Mapping[
         refused = InvalidArgument if result.bad_input else FailedPrecondition
         raise refused("; ".join(result.refusals))
     _check_seccomp(req.id, result.spec, decided.runsc, config)
+    _place_systemd_cgroup(req.id, result.spec)
     for warning in (*config.warnings, *result.warnings):
         log.warning(warning, extra={"container_id": req.id})
     if result.spec != spec:
@@ -252,3 +255,29 @@ def _check_seccomp(container_id: str, spec: dict[str, Any], runsc: GlobalOptions
         f"{cause}. Fix: use a runsc that has --oci-seccomp, remove oci-seccomp = \"false\" from "
         '[runsc_config] (for a pod: before its sandbox starts), or set seccomp = "warn" in '
         "the shim's runtime config to run without the profile")
+
+
+_CGROUP_ROOT = "/sys/fs/cgroup"
+
+
+def _place_systemd_cgroup(container_id: str, spec: dict[str, Any]) -> None:
+    """containerd writes ``cgroupsPath`` as ``slice:prefix:name`` under the
+    kubelet's systemd cgroup driver; runsc without ``--systemd-cgroup`` (the
+    only mode on cgroup v1) would make that a cgroup below its own, outside the
+    pod's slice and its limits. Rewrite it to the scope's cgroupfs path when the
+    pod's slice exists (``shim.task.cgroups``)."""
+    linux = spec.get("linux") or {}
+    path = str(linux.get("cgroupsPath") or "")
+    scope = cgroups.systemd_cgroup(path)
+    if scope is None:
+        return
+    parent = os.path.dirname(scope).lstrip("/")
+    exists = any(os.path.isdir(os.path.join(_CGROUP_ROOT, hierarchy, parent))
+                 for hierarchy in ("memory", "unified", ""))
+    placed = cgroups.placed_in_slice(path, exists)
+    if placed is None:
+        log.warning("cgroupsPath %s names a slice that does not exist here; runsc will put the "
+                    "sandbox below its own cgroup", path, extra={"container_id": container_id})
+        return
+    linux["cgroupsPath"] = placed
+    log.info("cgroupsPath %s placed at %s", path, placed, extra={"container_id": container_id})

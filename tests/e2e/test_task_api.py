@@ -720,3 +720,34 @@ def test_update_resources(containerd: cd.Containerd, busybox: str, runtime: Runt
         assert raised.value.code == Code.UNIMPLEMENTED, raised.value
         assert "update" in str(raised.value).lower(), raised.value
         assert status_of(ctr, cid) == "RUNNING"
+
+
+def test_a_systemd_cgroups_path_lands_in_the_pods_slice(ctr: cd.Ctr, busybox: str,
+                                                        container_id: Callable[[str], str],
+                                                        gvisorgpu: list[str]) -> None:
+    """Where the kubelet's systemd driver made the pod's slice, the sandbox goes
+    into it (as the scope prefix-name.scope), not below runsc's own cgroup
+    where the pod's limits would not hold."""
+    cid = container_id("sdpod")
+    pod = f"gvisorgpu{os.getpid()}"
+    slice_dirs = [Path("/sys/fs/cgroup", h, f"{pod}.slice", f"{pod}-test.slice")
+                  for h in ("memory", "pids", "cpu,cpuacct", "unified")
+                  if Path("/sys/fs/cgroup", h).is_dir()]
+    for d in slice_dirs:
+        d.mkdir(parents=True, exist_ok=True)
+    try:
+        with cleaned_up(ctr, cid):
+            out = ctr("run", "-d", *gvisorgpu, "--cgroup", f"{pod}-test.slice:cri-containerd:{cid}",
+                      busybox, cid, "sleep", "60")
+            assert out.returncode == 0, out.stderr
+            sandbox = ctr.tasks()[cid][0]
+            memory = next(ln for ln in Path(f"/proc/{sandbox}/cgroup").read_text().splitlines()
+                          if ":memory:" in ln)
+            assert memory.endswith(f"/{pod}.slice/{pod}-test.slice/cri-containerd-{cid}.scope")
+            ctr("task", "kill", "-s", "SIGKILL", cid)
+    finally:
+        for d in slice_dirs:
+            for leaf in sorted(d.parent.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+                if leaf.is_dir():
+                    leaf.rmdir()
+            d.parent.rmdir()

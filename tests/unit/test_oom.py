@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from shim.task import oom
+from shim.task import cgroups, oom
 from shim.task.cgroups import (
     ProcCgroup,
     expand_slice,
@@ -186,3 +186,15 @@ def test_sandbox_cgroup_of_a_live_process_and_a_gone_one() -> None:
     assert oom.sandbox_cgroup(os.getpid()) == parse_proc_cgroup(
         Path("/proc/self/cgroup").read_text())
     assert oom.sandbox_cgroup(2**22 + 1) is None  # above pid_max: never a process
+
+
+@pytest.mark.parametrize(("path", "exists", "placed"), [
+    ("kubepods-besteffort-pod1.slice:cri-containerd:abc", True,
+     "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod1.slice/"
+     "cri-containerd-abc.scope"),
+    ("kubepods-besteffort-pod1.slice:cri-containerd:abc", False, None),
+    ("/kubepods/besteffort/pod1/abc", True, None),  # cgroupfs: runsc uses it as it is
+])
+def test_a_systemd_path_is_placed_only_in_an_existing_slice(path: str, exists: bool,
+                                                            placed: str | None) -> None:
+    assert cgroups.placed_in_slice(path, exists) == placed
