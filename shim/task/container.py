@@ -418,6 +418,7 @@ class Container:
             mount.unmount_all(os.path.join(self.bundle, "rootfs"))
             self._rootfs_mounted = False
         _remove_root(self.params.runsc.root)
+        _remove_cgroup(self.params.cgroups_path)
 
 
     async def _runsc_delete(self) -> None:
@@ -463,6 +464,23 @@ def _write_state(bundle: str, runsc: GlobalOptions) -> None:
     state = {"binary": runsc.binary, "root": runsc.root, "log": runsc.log,
              "args": runsc.args()}
     Path(bundle, STATE_FILE).write_text(json.dumps(state))
+
+
+_CGROUP_ROOT = "/sys/fs/cgroup"
+
+
+def _remove_cgroup(cgroups_path: str, root: str = _CGROUP_ROOT) -> None:
+    """runsc removes a container's cgroup on delete, except when its sandbox
+    had already died (a crash): then the empty cgroup stays. rmdir only ever
+    succeeds on an empty cgroup, so this cannot take one that is in use."""
+    if not cgroups_path.startswith("/"):
+        return  # relative (runsc's own placement): only runsc knows where it is
+    rel = cgroups_path.lstrip("/")
+    with contextlib.suppress(OSError):
+        hierarchies = [os.path.join(root, h) for h in os.listdir(root)] + [root]
+        for hierarchy in hierarchies:
+            with contextlib.suppress(OSError):
+                os.rmdir(os.path.join(hierarchy, rel))
 
 
 def _remove_root(root: str | None) -> None:

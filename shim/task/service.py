@@ -109,7 +109,6 @@ class TaskService:
         self._deletes: OrderedDict[tuple[str, str], asyncio.Future[api.DeleteResponse]] = (
             OrderedDict())
         self._operations: set[asyncio.Future[AnyType]] = set()
-        self._shutdown_asked = False
         self._cgroup_v2 = metrics.read_cgroup_v2()
 
     def handlers(self) -> Mapping[str, tuple[type[betterproto.Message], Handler]]:
@@ -154,8 +153,6 @@ class TaskService:
         self._operations.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.debug("operation ended with an error: %s", task.exception())
-        if self._shutdown_asked and self._idle():
-            self._shutdown.set()
 
     def _idle(self) -> bool:
         return not self.containers and not self._creating and not self._operations
@@ -168,7 +165,6 @@ class TaskService:
         check_bundle(req.bundle)
         if req.id in self.containers or req.id in self._creating:
             raise AlreadyExists(f"container {req.id} already exists in this shim")
-        self._shutdown_asked = False  # containerd is still using this shim
         created = self._operation(self._create(req, namespace))
         self._creating[req.id] = created
         return await asyncio.shield(created)
@@ -319,14 +315,12 @@ class TaskService:
         return api.ConnectResponse(shim_pid=os.getpid(), task_pid=c.init.pid if c else 0)
 
     async def shutdown(self, req: api.ShutdownRequest, ctx: CallContext) -> Empty:
-        """Honoured once nothing is left. While work is still finishing (a
-        Delete or Create whose RPC was cancelled), it is remembered and
-        honoured when the last of it ends with no container left; a new Create
-        means containerd still uses this shim."""
+        """Honoured once nothing is left (no container, no operation still
+        finishing); ignored otherwise, as containerd's runc shim does: containerd
+        asks after every Delete, and a pod's shim serves on. A Delete whose RPC
+        was cancelled still completes, so the next Shutdown finds the shim idle."""
         if self._idle():
             self._shutdown.set()
-        else:
-            self._shutdown_asked = True
         return Empty()
 
     # ------------------------------------------------------------------ events
