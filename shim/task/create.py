@@ -30,6 +30,7 @@ from shim.gpu.facts import Allocation, SandboxRole
 from shim.gpu.plan import Plan, plan
 from shim.kube.pod import PodRole, pod_role
 from shim.oci import bundle as bundle_io
+from shim.oci import compat
 from shim.runsc import CommandRunner, GlobalOptions, ProbeCache, RunscCapabilities, probe
 from shim.task import cgroups
 from shim.task.container import CreateParams, mounts_from
@@ -87,6 +88,10 @@ async def prepare(req: CreateTaskRequest, *, namespace: str, sandboxes: Mapping[
     if result.refusals:
         refused = InvalidArgument if result.bad_input else FailedPrecondition
         raise refused("; ".join(result.refusals))
+    problems = compat.unsupported(result.spec, pod_sandbox=decided.role.kind == "sandbox")
+    if problems:
+        raise FailedPrecondition("; ".join(f"container {req.id}: {cause}. Fix: {fix}."
+                                           for cause, fix in problems))
     _check_seccomp(req.id, result.spec, decided.runsc, config)
     _place_systemd_cgroup(req.id, result.spec)
     for warning in (*config.warnings, *result.warnings):
@@ -104,6 +109,8 @@ async def prepare(req: CreateTaskRequest, *, namespace: str, sandboxes: Mapping[
         sandbox_id=decided.joined.id if decided.joined is not None else None,
         cgroups_path=str(linux.get("cgroupsPath") or ""),
         memory_limit=((linux.get("resources") or {}).get("memory") or {}).get("limit"),
+        seccomp_profile=bool(linux.get("seccomp")),
+        exec_seccomp="warn" if config.seccomp == "warn" else "refuse",
     )
     booted = None
     if decided.role.kind == "sandbox":

@@ -72,6 +72,7 @@ def pod_config(
     cgroup_parent: str = "",
     labels: Mapping[str, str] | None = None,
     annotations: Mapping[str, str] | None = None,
+    host_ipc: bool = False,
 ) -> api.PodSandboxConfig:
     """A PodSandboxConfig shaped like the kubelet's, trimmed to what tests vary.
 
@@ -90,7 +91,8 @@ def pod_config(
         linux=api.LinuxPodSandboxConfig(
             cgroup_parent=cgroup_parent,
             security_context=api.LinuxSandboxSecurityContext(namespace_options=api.NamespaceOption(
-                network=network, pid=mode(mode.CONTAINER), ipc=mode(mode.POD))),
+                network=network, pid=mode(mode.CONTAINER),
+                ipc=mode(mode.NODE if host_ipc else mode.POD))),
         ),
     )
 
@@ -109,6 +111,7 @@ def container_config(
     memory_limit: int = 0,
     tty: bool = False,
     stdin: bool = False,
+    seccomp: api.SecurityProfile | None = None,
 ) -> api.ContainerConfig:
     """A ContainerConfig; an empty command or args keeps the image's."""
     return api.ContainerConfig(
@@ -123,8 +126,10 @@ def container_config(
         log_path=log_path or f"{name}/0.log",
         tty=tty,
         stdin=stdin,
-        linux=api.LinuxContainerConfig(resources=api.LinuxContainerResources(
-            memory_limit_in_bytes=memory_limit)),
+        linux=api.LinuxContainerConfig(
+            resources=api.LinuxContainerResources(memory_limit_in_bytes=memory_limit),
+            security_context=None if seccomp is None else api.LinuxContainerSecurityContext(
+                seccomp=seccomp)),
     )
 
 

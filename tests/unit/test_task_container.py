@@ -6,6 +6,7 @@ The e2e suite proves the same container code against the real runsc."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import signal
 from collections.abc import AsyncIterator, Callable
@@ -294,3 +295,22 @@ async def test_a_members_forked_children_die_with_its_init(member: Harness) -> N
     assert kills == [KillOptions(signal=signal.SIGKILL, all=True)]
     assert member.events[-1] == ("exit", "c1", "")
     assert c.init.state is State.STOPPED
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("policy", ["refuse", "warn"])
+async def test_exec_outside_a_seccomp_profile(tmp_path: Path, policy: str,
+                                              caplog: pytest.LogCaptureFixture) -> None:
+    h = Harness(tmp_path)
+    h.params = dataclasses.replace(h.params, seccomp_profile=True, exec_seccomp=policy)
+    try:
+        c = await h.into(State.RUNNING)
+        if policy == "refuse":
+            with pytest.raises(FailedPrecondition, match="outside the container's seccomp"):
+                c.add_exec("probe", {"args": ["true"]}, StdioPaths())
+            assert c.execs == {}
+        else:
+            c.add_exec("probe", {"args": ["true"]}, StdioPaths())
+            assert "running it anyway" in caplog.text
+    finally:
+        h.runsc.close()

@@ -58,6 +58,12 @@ class ContainerState(betterproto.Enum):
     CONTAINER_UNKNOWN = 3
 
 
+class SecurityProfileProfileType(betterproto.Enum):
+    RuntimeDefault = 0
+    Unconfined = 1
+    Localhost = 2
+
+
 @dataclass(eq=False, repr=False)
 class VersionRequest(betterproto.Message):
     version: str = betterproto.string_field(1)
@@ -379,6 +385,18 @@ class LinuxContainerSecurityContext(betterproto.Message):
     run_as_group: "Int64Value" = betterproto.message_field(12)
     masked_paths: List[str] = betterproto.string_field(13)
     readonly_paths: List[str] = betterproto.string_field(14)
+    seccomp: "SecurityProfile" = betterproto.message_field(15)
+
+
+@dataclass(eq=False, repr=False)
+class SecurityProfile(betterproto.Message):
+    """
+    A seccomp (or AppArmor) profile: the runtime's default, none, or a file
+     on the node named by localhost_ref.
+    """
+
+    profile_type: "SecurityProfileProfileType" = betterproto.enum_field(1)
+    localhost_ref: str = betterproto.string_field(2)
 
 
 @dataclass(eq=False, repr=False)
