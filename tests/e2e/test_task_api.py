@@ -393,14 +393,17 @@ def until_size(term: Terminal, rows: int, cols: int, timeout: float = 15.0) -> N
     with containerd's own runc shim too), so the size is set again each round.
     """
     deadline = time.monotonic() + timeout
-    want = re.compile(rb"\r*\n%d %d\r*\n" % (rows, cols))
+    want = re.compile(rb"\r*\n(?:\^\[\[\d+;\d+R)?%d %d\r*\n" % (rows, cols))
     while True:
         term.resize(rows, cols)
         # An unchanged size sends no SIGWINCH, so nudge ctr (the command itself).
         os.kill(term.proc.pid, signal.SIGWINCH)
         mark = len(term.output)
         term.send(b"stty size\r")
-        term.expect(rb"\r*\n(\d+ \d+|stty: [^\r\n]*)\r*\n", timeout=10, start=mark)
+        # ash asks the terminal for the cursor position (ESC [6n) at each
+        # prompt; the answer can land in the line and be echoed as ^[[1;1R.
+        term.expect(rb"\r*\n(?:\^\[\[\d+;\d+R)?(\d+ \d+|stty: [^\r\n]*)\r*\n", timeout=10,
+                    start=mark)
         if want.search(term.output, mark):
             return
         if time.monotonic() >= deadline:
