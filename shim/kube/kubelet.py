@@ -50,7 +50,6 @@ __all__ = [
     "lookup_container_gpus",
     "lookup_pod",
     "lookup_pod_gpus",
-    "pod_gpu_devices",
 ]
 
 log = logging.getLogger("shim.kube.kubelet")
@@ -273,26 +272,3 @@ async def lookup_container_gpus(
 
 def _summary(devices: Sequence[str]) -> str:
     return f"GPU devices {', '.join(devices)}" if devices else "no GPU devices"
-
-
-async def pod_gpu_devices(
-    socket_path: str,
-    pod_name: str,
-    pod_namespace: str,
-    *,
-    vendors: Sequence[str] = GPU_VENDORS,
-    timeout: float = 2.0,
-) -> list[str] | None:
-    """GPU device ids the kubelet allocated to the pod; None when it cannot say.
-
-    The reason is logged either way: at info when the kubelet answered or
-    there is simply no kubelet socket (a node without Kubernetes), at warning
-    when a socket exists but the kubelet did not answer.
-    """
-    result = await lookup_pod_gpus(socket_path, pod_name, pod_namespace,
-                                   vendors=vendors, timeout=timeout)
-    if result.devices is None and os.path.exists(socket_path):
-        log.warning("%s", result.reason)
-    else:
-        log.info("%s", result.reason)
-    return None if result.devices is None else list(result.devices)

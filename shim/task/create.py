@@ -196,7 +196,8 @@ async def _sandbox_role(role: PodRole, joined: Sandbox | None,
 
     found = await lookup_pod_gpus(config.pod_resources_socket, role.pod_name,
                                   role.pod_namespace, vendors=tuple(config.gpu.cdi_vendors))
-    log.info("pod resources: %s", found.reason, extra={"pod": role.pod_name})
+    _log_kubelet(config.pod_resources_socket, found.devices is None, found.reason,
+                 role.pod_name)
     has_gpus = None if found.devices is None else bool(found.devices)
     return SandboxRole.pod_sandbox(pod_has_gpus=has_gpus, kubelet=found.reason)
 
@@ -231,7 +232,7 @@ async def _member_role(role: PodRole, joined: Sandbox | None,
     found = await lookup_container_gpus(config.pod_resources_socket, name, pod_ns,
                                         role.container_name,
                                         vendors=tuple(config.gpu.cdi_vendors))
-    log.info("pod resources: %s", found.reason, extra={"pod": name})
+    _log_kubelet(config.pod_resources_socket, found.devices is None, found.reason, name)
     if found.devices is None:
         return _with(member, kubelet=found.reason)
     ids, cdi_names = found.devices
@@ -288,3 +289,10 @@ def _place_systemd_cgroup(container_id: str, spec: dict[str, Any]) -> None:
         return
     linux["cgroupsPath"] = placed
     log.info("cgroupsPath %s placed at %s", path, placed, extra={"container_id": container_id})
+
+
+def _log_kubelet(socket: str, unanswered: bool, reason: str, pod: str | None) -> None:
+    """A kubelet that has a socket but did not answer is worth a warning; no
+    socket at all is a node without Kubernetes, and an answer is news."""
+    level = logging.WARNING if unanswered and os.path.exists(socket) else logging.INFO
+    log.log(level, "pod resources: %s", reason, extra={"pod": pod})

@@ -109,7 +109,9 @@ async def test_kick_ends_the_back_off_once_containerd_is_back(kicked: bool) -> N
 async def test_close_sends_what_is_queued_without_waiting_out_the_back_off() -> None:
     with socket_dir() as d:
         path = d / "c.ttrpc"
-        pub = Publisher(str(path), "ns1")
+        # A back-off far longer than close's own bound: only the kick close
+        # gives the forwarder can get the events out in time.
+        pub = Publisher(str(path), "ns1", backoff=(60.0, 60.0))
         pub.start()
         pub.publish("/tasks/exit", "containerd.events.TaskExit", _exit(1))
         pub.publish("/tasks/delete", "containerd.events.TaskDelete",
@@ -117,13 +119,9 @@ async def test_close_sends_what_is_queued_without_waiting_out_the_back_off() -> 
         await asyncio.sleep(1.0)
         fake = FakeContainerd()
         await fake.serve(path)
-        loop = asyncio.get_running_loop()
-        started = loop.time()
         await pub.close(timeout=5.0)
-        took = loop.time() - started
         await fake.server.close()
     assert [t for t, _, _ in fake.got] == ["/tasks/exit", "/tasks/delete"]
-    assert took < 0.3
 
 
 # --- what a failure means ------------------------------------------------------

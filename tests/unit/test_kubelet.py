@@ -9,7 +9,6 @@ kubelet API, not produced by the code under test.
 from __future__ import annotations
 
 import asyncio
-import logging
 import socket
 import subprocess
 import sys
@@ -167,23 +166,19 @@ async def test_lookup_asks_get_then_list(sock_path: Path, get_supported: bool, n
 
 
 @pytest.mark.asyncio
-async def test_pod_gpu_devices_logs_the_answer(sock_path: Path,
-                                               caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="shim.kube.kubelet")
+async def test_pod_gpus_with_the_reason(sock_path: Path) -> None:
     async with serving(sock_path, PodResourcesStub([GPU_POD])):
-        devices = await kubelet.pod_gpu_devices(str(sock_path), "trainer", "ml")
-    assert devices == ["GPU-aaaa", "GPU-bbbb"]
-    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
-        ("INFO", "kubelet Get: pod ml/trainer has GPU devices GPU-aaaa, GPU-bbbb")]
+        found = await kubelet.lookup_pod_gpus(str(sock_path), "trainer", "ml")
+    assert found.devices == ("GPU-aaaa", "GPU-bbbb")
+    assert found.reason == "kubelet Get: pod ml/trainer has GPU devices GPU-aaaa, GPU-bbbb"
 
 
 @pytest.mark.asyncio
 async def test_other_vendors_can_be_asked_for(sock_path: Path) -> None:
     amd = pod("rocm", "ml", {"main": {"amd.com/gpu": ["0"], "nvidia.com/gpu": ["GPU-x"]}})
     async with serving(sock_path, PodResourcesStub([amd])):
-        devices = await kubelet.pod_gpu_devices(str(sock_path), "rocm", "ml",
-                                                vendors=("amd.com",))
-    assert devices == ["0"]
+        found = await kubelet.lookup_pod_gpus(str(sock_path), "rocm", "ml", vendors=("amd.com",))
+    assert found.devices == ("0",)
 
 
 def _refusing_socket(path: Path) -> None:
@@ -193,36 +188,28 @@ def _refusing_socket(path: Path) -> None:
     s.close()
 
 
-@pytest.mark.parametrize(("make", "level", "reason"), [
-    (None, "INFO", "no kubelet pod-resources socket at"),
-    (lambda p: p.write_text("not a socket"), "WARNING", "is not a socket"),
-    (_refusing_socket, "WARNING", "did not answer for pod ml/trainer"),
+@pytest.mark.parametrize(("make", "reason"), [
+    (None, "no kubelet pod-resources socket at"),
+    (lambda p: p.write_text("not a socket"), "is not a socket"),
+    (_refusing_socket, "did not answer for pod ml/trainer"),
 ])
 @pytest.mark.asyncio
-async def test_unreachable_kubelet_is_none_with_reason(
-        sock_path: Path, caplog: pytest.LogCaptureFixture, make: object, level: str,
-        reason: str) -> None:
+async def test_unreachable_kubelet_is_none_with_reason(sock_path: Path, make: object,
+                                                       reason: str) -> None:
     if callable(make):
         make(sock_path)
-    caplog.set_level(logging.INFO, logger="shim.kube.kubelet")
-    assert await kubelet.pod_gpu_devices(str(sock_path), "trainer", "ml") is None
-    [record] = caplog.records
-    assert record.levelname == level
-    assert reason in record.getMessage()
-    assert str(sock_path) in record.getMessage()
+    found = await kubelet.lookup_pod_gpus(str(sock_path), "trainer", "ml")
+    assert found.devices is None
+    assert reason in found.reason and str(sock_path) in found.reason
 
 
 @pytest.mark.asyncio
 async def test_slow_kubelet_times_out(sock_path: Path) -> None:
     stub = PodResourcesStub([GPU_POD], delay=5.0)
     async with serving(sock_path, stub):
-        loop = asyncio.get_running_loop()
-        began = loop.time()
         result = await kubelet.lookup_pod_gpus(str(sock_path), "trainer", "ml", timeout=0.3)
-        took = loop.time() - began
     assert result.devices is None
     assert "timed out" in result.reason
-    assert took < 2.0
     assert stub.calls == ["Get"]
 
 
@@ -230,8 +217,8 @@ def test_stub_serves_synchronous_tests_from_a_thread(sock_path: Path) -> None:
     # The shape e2e tests use: the shim (here the helper) runs on another loop.
     stub = PodResourcesStub([GPU_POD], get_supported=False)
     with serving_in_thread(sock_path, stub):
-        devices = asyncio.run(kubelet.pod_gpu_devices(str(sock_path), "trainer", "ml"))
-    assert devices == ["GPU-aaaa", "GPU-bbbb"]
+        found = asyncio.run(kubelet.lookup_pod_gpus(str(sock_path), "trainer", "ml"))
+    assert found.devices == ("GPU-aaaa", "GPU-bbbb")
     assert stub.calls == ["Get", "List"]
     assert not sock_path.exists()
 
