@@ -10,7 +10,6 @@ program (against a stub libcuda) are checked table-driven.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -20,7 +19,6 @@ import subprocess
 import sys
 import tarfile
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import psutil
@@ -29,22 +27,16 @@ import pytest
 from tests import paths
 from tests.e2e import containerd as cd
 from tests.e2e import leftovers
+from tests.scripts import load_script
 
 SCRIPT = paths.REPO / "scripts/gpu_smoke.py"
 PYTHON = paths.REPO / ".venv/bin/python"
 RUN_TIMEOUT = 300
 
 
-def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("gpu_smoke", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
 
 
-gs = _load()
+gs = load_script("gpu_smoke.py", "gpu_smoke")
 host, cdi, containers = gs.host, gs.cdi, gs.containers
 CUDA_CHECK = paths.REPO / "scripts/gpusmoke/cuda_check.py"
 

@@ -8,30 +8,21 @@ with another spec, and the ReportAfterSuite node.
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
+
+from tests.scripts import load_script
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "tests/fixtures/critest"
 
 
-def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("critest_report",
-                                                  REPO / "scripts/critest_report.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
 
 
-cr = _load()
+cr = load_script("critest_report.py", "critest_report")
 
 CREATE = ("[k8s.io] Container runtime runtime should support basic operations on container "
           "runtime should support creating container [Conformance]")

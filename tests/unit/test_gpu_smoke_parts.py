@@ -4,31 +4,22 @@ writes, and how it classifies an outcome. The whole script runs in e2e."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
-import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 
 from tests import paths
+from tests.scripts import load_script
 
 SCRIPT = paths.REPO / "scripts/gpu_smoke.py"
 
 
-def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("gpu_smoke", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
 
 
-gs = _load()
+gs = load_script("gpu_smoke.py", "gpu_smoke")
 host, cdi, containers = gs.host, gs.cdi, gs.containers
 
 REFUSED = {"ok": False, "refusals": ["container c: no NVIDIA driver"]}
