@@ -4,6 +4,8 @@ tests can call their pure parts."""
 from __future__ import annotations
 
 import importlib.util
+import signal
+import subprocess
 import sys
 from types import ModuleType
 
@@ -18,3 +20,25 @@ def load_script(filename: str, name: str) -> ModuleType:
     sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
+
+
+def interrupt_when(argv: list[str], marker: str, sig: signal.Signals,
+                   timeout: float) -> tuple[int, str]:
+    """Run ``argv``, send it ``sig`` once a line of its output starts with
+    ``marker``, and let it finish; (exit status, all it printed)."""
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    seen: list[str] = []
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            seen.append(line)
+            if line.startswith(marker):
+                proc.send_signal(sig)
+                break
+        rest, _ = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return proc.returncode, "".join(seen) + rest

@@ -28,6 +28,7 @@ import pytest
 from tests import paths
 from tests.e2e import containerd as cd
 from tests.e2e import leftovers
+from tests.scripts import interrupt_when
 
 SCRIPT = paths.REPO / "scripts/conformance"
 PYTHON = paths.REPO / ".venv/bin/python"
@@ -188,24 +189,10 @@ def test_sigterm_during_critest_stops_everything(tmp_path: Path) -> None:
     if why:
         pytest.skip(why)
     report = tmp_path / "out.json"
-    proc = subprocess.Popen(_argv(report, "--focus", "basic operations on container"),
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    seen: list[str] = []
-    try:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            seen.append(line)
-            if line.startswith("  runc: passed"):  # critest is in the middle of its specs
-                proc.send_signal(signal.SIGTERM)
-                break
-        rest, _ = proc.communicate(timeout=RUN_TIMEOUT)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    output = "".join(seen) + rest
-    assert proc.returncode == 130, output[-4000:]
+    # critest is in the middle of its specs when runc's first result shows.
+    code, output = interrupt_when(_argv(report, "--focus", "basic operations on container"),
+                                  "  runc: passed", signal.SIGTERM, RUN_TIMEOUT)
+    assert code == 130, output[-4000:]
     assert "conformance: interrupted" in output
     summary = json.loads(report.read_text())
     assert summary["interrupted"] and summary["exit_code"] == 130

@@ -27,7 +27,7 @@ import pytest
 from tests import paths
 from tests.e2e import containerd as cd
 from tests.e2e import leftovers
-from tests.scripts import load_script
+from tests.scripts import interrupt_when, load_script
 
 SCRIPT = paths.REPO / "scripts/gpu_smoke.py"
 PYTHON = paths.REPO / ".venv/bin/python"
@@ -327,26 +327,11 @@ def test_interrupted_script_stops_everything(tmp_path: Path, sig: signal.Signals
     if why:
         pytest.skip(why)
     report = tmp_path / "out.json"
-    proc = subprocess.Popen([str(PYTHON), "-u", str(SCRIPT), "--skip-install", "--json",
-                             str(report), "--driver-version", "550.90.07"],
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    seen: list[str] = []
-    try:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            seen.append(line)
-            # containerd is up and the containers are still to come: stop it here.
-            if line.startswith("--> containerd: ok"):
-                proc.send_signal(sig)
-                break
-        rest, _ = proc.communicate(timeout=RUN_TIMEOUT)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    output = "".join(seen) + rest
-    assert proc.returncode == 130, output[-4000:]
+    # containerd is up and the containers are still to come: stop it there.
+    code, output = interrupt_when(
+        [str(PYTHON), "-u", str(SCRIPT), "--skip-install", "--json", str(report),
+         "--driver-version", "550.90.07"], "--> containerd: ok", sig, RUN_TIMEOUT)
+    assert code == 130, output[-4000:]
     summary = json.loads(report.read_text())
     assert summary["interrupted"] and summary["exit_code"] == 130
     assert _statuses(summary)["cleanup"] == "ok", output[-4000:]
