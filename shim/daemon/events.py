@@ -33,6 +33,7 @@ from betterproto.lib.google.protobuf import Any, Empty
 from shim.api.containerd.services.events.ttrpc.v1 import ForwardRequest
 from shim.api.containerd.types import Envelope
 from shim.ttrpc.client import Client
+from shim.ttrpc.dispatch import NAMESPACE_KEY
 from shim.ttrpc.status import Code, RpcError
 
 __all__ = ["Publisher", "transient"]
@@ -40,7 +41,6 @@ __all__ = ["Publisher", "transient"]
 log = logging.getLogger("shim.daemon.events")
 
 _SERVICE = "containerd.services.events.ttrpc.v1.Events"
-_NAMESPACE_KEY = "containerd-namespace-ttrpc"
 _FORWARD_TIMEOUT = 5.0
 _MIN_BACKOFF = 0.1
 _MAX_BACKOFF = 5.0
@@ -166,7 +166,7 @@ class Publisher:
             self._client = await Client.connect(self._address, timeout=_FORWARD_TIMEOUT)
         await self._client.call(
             _SERVICE, "Forward", request, Empty,
-            timeout=_FORWARD_TIMEOUT, metadata={_NAMESPACE_KEY: self._namespace},
+            timeout=_FORWARD_TIMEOUT, metadata={NAMESPACE_KEY: self._namespace},
         )
 
     async def _disconnect(self) -> None:

@@ -28,10 +28,16 @@ import struct
 import tempfile
 import termios
 import threading
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from shim.task.stdio import StdioPaths, fifo_path, opening
 
-__all__ = ["ConsoleIO", "ConsoleSocket"]
+__all__ = ["ConsoleIO", "ConsoleSocket", "with_console"]
+
+# runsc hands the pty master over before `create`/`exec` returns; a bound in
+# case it never does.
+_CONSOLE_WAIT = 10.0
 
 _CHUNK = 32 * 1024
 
@@ -202,3 +208,27 @@ class ConsoleIO:
                         os.close(fd)
             self._stdout_keep = None
             self.master = -1
+
+
+async def with_console(stdio: StdioPaths, run: Callable[[str], Awaitable[Any]]) -> ConsoleIO:
+    """Run a runsc command (given the console socket's path) that sends a pty
+    master; the terminal's IO. A master that arrives when the command failed
+    is closed, never leaked."""
+    console = ConsoleSocket()
+    # Accepting runs beside the runsc command, which connects while it runs.
+    master = asyncio.ensure_future(console.receive_master())
+    try:
+        await run(console.path)
+        fd = await asyncio.wait_for(master, _CONSOLE_WAIT)
+    except BaseException:
+        if master.done() and not master.cancelled() and master.exception() is None:
+            os.close(master.result())
+        master.cancel()
+        raise
+    finally:
+        console.close()
+    try:
+        return ConsoleIO(stdio, fd)
+    except BaseException:
+        os.close(fd)
+        raise

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import signal
@@ -50,8 +49,8 @@ from shim.runsc import (
     RunscError,
 )
 from shim.runsc import Stdio as RunscStdio
-from shim.task import oom
-from shim.task.console import ConsoleIO, ConsoleSocket
+from shim.task import host, oom
+from shim.task.console import ConsoleIO, with_console
 from shim.task.process import ExecProcess, InitProcess, Process
 from shim.task.runtime import ChildWatcher, SandboxRuntime
 from shim.task.state import Op, State
@@ -63,9 +62,6 @@ log = logging.getLogger("shim.task")
 
 # How long an init's TaskExit waits for its execs' exits to be published.
 _EXEC_EXIT_GRACE = 2.0
-# runsc hands the pty master over before `create`/`exec` returns; a bound
-# in case it never does.
-_CONSOLE_WAIT = 10.0
 # runsc's answer when a subcontainer's sandbox is gone before `wait` could ask;
 # also the status of a process deleted before it ever ran.
 _SANDBOX_GONE = 128 + signal.SIGKILL
@@ -132,13 +128,13 @@ class Container:
             mount.mount_rootfs(self.params.mounts, os.path.join(self.bundle, "rootfs"))
             self._rootfs_mounted = True
         os.makedirs(self.params.runsc.root or "", exist_ok=True)
-        _write_state(self.bundle, self.params.runsc)
+        host.write_state(self.bundle, self.params.runsc)
         pid_file = os.path.join(self.bundle, PID_FILE)
         opts = CreateOptions(bundle=self.bundle, pid_file=pid_file)
         if self.params.stdio.terminal:
             # runsc sends the pty master during `create`, for a pod's app
             # container as for a sandbox's root container.
-            self.init.io = await self._with_console(
+            self.init.io = await with_console(
                 self.init.stdio, lambda path: self.runtime.create(
                     self.id, CreateOptions(bundle=self.bundle, pid_file=pid_file,
                                            console_socket=path)))
@@ -153,33 +149,11 @@ class Container:
             io.child_spawned()
         self.init.pid = int(Path(pid_file).read_text().strip())
         if not self.subcontainer:
-            if _sandbox_alive(self.init.pid):  # not a reaped pid that is reused
+            if host.sandbox_alive(self.init.pid):  # not a reaped pid that is reused
                 self._sandbox_cgroup = oom.sandbox_cgroup(self.init.pid)
             # The sandbox was reparented to us when `runsc create` exited; an
             # exit before this line is held by the reaper until watched.
             self._spawn(self._watch_exit(self.init, self.watcher.watch(self.init.pid)))
-
-    async def _with_console(self, stdio: StdioPaths,
-                            run: Callable[[str], Awaitable[Any]]) -> ConsoleIO:
-        """Run a runsc command that sends a pty master; the terminal's IO."""
-        console = ConsoleSocket()
-        # Accepting runs beside the runsc command, which connects while it runs.
-        master = asyncio.ensure_future(console.receive_master())
-        try:
-            await run(console.path)
-            fd = await asyncio.wait_for(master, _CONSOLE_WAIT)
-        except BaseException:
-            if master.done() and not master.cancelled() and master.exception() is None:
-                os.close(master.result())  # a master nobody will use
-            master.cancel()
-            raise
-        finally:
-            console.close()
-        try:
-            return ConsoleIO(stdio, fd)
-        except BaseException:
-            os.close(fd)
-            raise
 
     # ------------------------------------------------------------------ lookup
 
@@ -313,7 +287,7 @@ class Container:
                 results.append(await self.runtime.exec(
                     self.id, proc.spec, pid_file=pid_file, console_socket=console))
 
-            proc.io = await self._with_console(proc.stdio, run)
+            proc.io = await with_console(proc.stdio, run)
             started = results[0]
         else:
             io = ProcessIO.open(proc.stdio)
@@ -342,7 +316,7 @@ class Container:
         except RunscError as e:
             if e.not_found:
                 raise NotFound(f"cannot signal {proc.what}: process already finished") from e
-            if self.subcontainer and proc.is_init and not _sandbox_alive(proc.pid):
+            if self.subcontainer and proc.is_init and not host.sandbox_alive(proc.pid):
                 # The pod's sandbox died and took this container with it;
                 # `runsc wait` may not have said so yet.
                 self._record_exit(proc, _SANDBOX_GONE)
@@ -381,7 +355,7 @@ class Container:
         """What the container's init forked dies with it (containerd's runc shim
         kills every process of a container whose init exits in a shared PID
         namespace); otherwise they keep its stdout open and outlive it."""
-        if not _sandbox_alive(self.init.pid):
+        if not host.sandbox_alive(self.init.pid):
             return  # the whole sandbox is gone, and everything in it
         with contextlib.suppress(RunscError):
             await self.runtime.kill(self.id, KillOptions(signal=signal.SIGKILL, all=True))
@@ -439,8 +413,8 @@ class Container:
         if self._rootfs_mounted:
             mount.unmount_all(os.path.join(self.bundle, "rootfs"))
             self._rootfs_mounted = False
-        _remove_root(self.params.runsc.root)
-        _remove_cgroup(self.params.cgroups_path)
+        host.remove_root(self.params.runsc.root)
+        host.remove_cgroup(self.params.cgroups_path)
 
 
     async def _runsc_delete(self) -> None:
@@ -451,7 +425,7 @@ class Container:
         try:
             await self.runtime.delete(self.id, DeleteOptions(force=True))
         except RunscError as e:
-            if e.not_found or not await _gone_soon(self.init.pid):
+            if e.not_found or not await host.gone_soon(self.init.pid):
                 raise
             log.info("runsc delete failed while the sandbox was dying; trying again: %s", e,
                      extra={"container_id": self.id})
@@ -460,56 +434,6 @@ class Container:
 
 async def _nothing() -> None:
     return None
-
-
-async def _gone_soon(pid: int, within: float = 2.0) -> bool:
-    """Whether the sandbox process ``pid`` is, or within ``within`` s is, gone;
-    False while it keeps running (then runsc's failure stands)."""
-    loop = asyncio.get_running_loop()
-    end = loop.time() + within
-    while _sandbox_alive(pid):
-        if loop.time() >= end:
-            return False
-        await asyncio.sleep(0.05)
-    return True
-
-
-def _sandbox_alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read().startswith(b"runsc-sandbox")
-    except OSError:
-        return False
-
-
-def _write_state(bundle: str, runsc: GlobalOptions) -> None:
-    state = {"binary": runsc.binary, "root": runsc.root, "log": runsc.log,
-             "args": runsc.args()}
-    Path(bundle, STATE_FILE).write_text(json.dumps(state))
-
-
-_CGROUP_ROOT = "/sys/fs/cgroup"
-
-
-def _remove_cgroup(cgroups_path: str, root: str = _CGROUP_ROOT) -> None:
-    """runsc removes a container's cgroup on delete, except when its sandbox
-    had already died (a crash): then the empty cgroup stays. rmdir only ever
-    succeeds on an empty cgroup, so this cannot take one that is in use."""
-    if not cgroups_path.startswith("/"):
-        return  # relative (runsc's own placement): only runsc knows where it is
-    rel = cgroups_path.lstrip("/")
-    with contextlib.suppress(OSError):
-        hierarchies = [os.path.join(root, h) for h in os.listdir(root)] + [root]
-        for hierarchy in hierarchies:
-            with contextlib.suppress(OSError):
-                os.rmdir(os.path.join(hierarchy, rel))
-
-
-def _remove_root(root: str | None) -> None:
-    """Remove the sandbox's own runsc root once runsc has nothing left in it."""
-    if root and os.path.isdir(root) and not os.listdir(root):
-        with contextlib.suppress(OSError):
-            os.rmdir(root)
 
 
 def mounts_from(request_mounts: Sequence[object]) -> tuple[mount.MountSpec, ...]:

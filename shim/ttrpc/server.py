@@ -18,7 +18,7 @@ backlog no larger than one read. Nothing is refused: containerd keeps a
 ``Wait`` in flight per process on one connection, so the bound is generous,
 and reading resumes once the handlers drop below three quarters of it.
 
-Errors meet the wire in :func:`_invoke` only: an :class:`RpcError` is an
+Errors meet the wire in :func:`shim.ttrpc.dispatch.invoke` only: an :class:`RpcError` is an
 expected answer, and so is any exception the ``error_status`` function given
 to the server maps to a code (the task service's domain errors); anything else
 is logged with its traceback and answered Unknown with the exception text.
@@ -33,26 +33,27 @@ import os
 import socket
 import struct
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import betterproto
 
 from shim.api.ttrpc import Request
 from shim.ttrpc import codec
+from shim.ttrpc.dispatch import (
+    CallContext,
+    ErrorStatus,
+    Handler,
+    Method,
+    call_context,
+    invoke,
+)
 from shim.ttrpc.status import Code, RpcError
 
 __all__ = ["CallContext", "ErrorStatus", "Handler", "Server"]
 
 log = logging.getLogger("shim.ttrpc")
 
-NAMESPACE_KEY = "containerd-namespace-ttrpc"
-
 _M = TypeVar("_M", bound=betterproto.Message)
-Handler = Callable[[Any, "CallContext"], Awaitable[betterproto.Message]]
-"""A method implementation: (decoded request, context) -> response message."""
-ErrorStatus = Callable[[Exception], "Code | None"]
-"""The wire code for an exception a handler raised on purpose; None: unexpected."""
 
 _PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
@@ -60,29 +61,6 @@ MAX_IN_FLIGHT = 1024
 """Handlers one connection may run at once; containerd needs one per Wait."""
 # Request bytes those handlers may hold (a request is at most 4 MiB).
 _MAX_IN_FLIGHT_BYTES = 64 << 20
-
-
-@dataclass(frozen=True, slots=True)
-class CallContext:
-    """What a handler knows about its call besides the request message."""
-
-    service: str
-    method: str
-    stream_id: int
-    metadata: dict[str, list[str]]
-    """Request metadata; keys lower-cased (Go's MD helpers do the same), values in order."""
-    namespace: str | None
-    """The ``containerd-namespace-ttrpc`` value containerd puts on every call."""
-    timeout: float | None
-    """The caller's remaining time in seconds when the request arrived (timeout_nano)."""
-    deadline: float | None
-    """``timeout`` as an absolute time on the event loop's clock (``loop.time()``)."""
-
-
-@dataclass(frozen=True, slots=True)
-class _Method:
-    request_type: type[betterproto.Message]
-    handler: Handler
 
 
 class Server:
@@ -98,7 +76,7 @@ class Server:
             raise ValueError("max_in_flight must be at least 1")
         self.max_in_flight = max_in_flight
         self.error_status: ErrorStatus = error_status or (lambda exc: None)
-        self._methods: dict[tuple[str, str], _Method] = {}
+        self._methods: dict[tuple[str, str], Method] = {}
         self._services: set[str] = set()
         self._listener: asyncio.AbstractServer | None = None
         self._connections: set[_Connection] = set()
@@ -123,7 +101,7 @@ class Server:
         key = (service, method)
         if key in self._methods:
             raise ValueError(f"{service}/{method} is already registered")
-        self._methods[key] = _Method(request_type, handler)
+        self._methods[key] = Method(request_type, handler)
         self._services.add(service)
 
     def register_service(
@@ -201,7 +179,7 @@ class Server:
 
     # --- dispatch (called by connections) ---------------------------------------
 
-    def lookup(self, service: str, method: str) -> _Method | RpcError:
+    def lookup(self, service: str, method: str) -> Method | RpcError:
         """The method for a request, or the Unimplemented error Go's server gives."""
         found = self._methods.get((service, method))
         if found is not None:
@@ -405,8 +383,8 @@ class _Connection(asyncio.Protocol):
         if self._transport is not None and not self._transport.is_closing():
             self._transport.write(codec.encode_response(stream_id, code=code, message=message))
 
-    async def _serve(self, stream_id: int, request: Request, method: _Method) -> None:
-        payload, code, message = await _invoke(method, _context(stream_id, request), request,
+    async def _serve(self, stream_id: int, request: Request, method: Method) -> None:
+        payload, code, message = await invoke(method, call_context(stream_id, request), request,
                                                self._server.error_status)
         try:
             frame = codec.encode_response(stream_id, payload, code=code, message=message)
@@ -424,63 +402,3 @@ class _Connection(asyncio.Protocol):
         if not task.cancelled() and (exc := task.exception()) is not None:
             log.error("ttrpc: %s crashed", task.get_name(), exc_info=exc)
         self._drain_backlog()
-
-
-def _context(stream_id: int, request: Request) -> CallContext:
-    metadata: dict[str, list[str]] = {}
-    for kv in request.metadata:
-        metadata.setdefault(kv.key.lower(), []).append(kv.value)
-    # Like Go's getRequestContext: only zero means "no deadline"; a negative
-    # value is a deadline the caller has already missed.
-    timeout = request.timeout_nano / 1e9 if request.timeout_nano != 0 else None
-    deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
-    namespace = metadata.get(NAMESPACE_KEY, [None])[0]
-    return CallContext(
-        service=request.service,
-        method=request.method,
-        stream_id=stream_id,
-        metadata=metadata,
-        namespace=namespace,
-        timeout=timeout,
-        deadline=deadline,
-    )
-
-
-async def _invoke(method: _Method, ctx: CallContext, request: Request,
-                  error_status: ErrorStatus) -> tuple[bytes, Code, str]:
-    """Run one handler; the only place where its outcome becomes a wire status."""
-    try:
-        message = codec.decode_message(method.request_type, request.payload)
-    except codec.EnvelopeError as exc:
-        return b"", Code.INVALID_ARGUMENT, f"unmarshal request error: {exc}"
-    scope = asyncio.timeout_at(ctx.deadline)
-    try:
-        async with scope:
-            reply = await method.handler(message, ctx)
-        if not isinstance(reply, betterproto.Message):
-            raise TypeError(f"handler returned {type(reply).__name__}, not a message")
-        return bytes(reply), Code.OK, ""
-    except RpcError as exc:
-        # An OK code on an exception would read as success with no payload.
-        code = Code.UNKNOWN if exc.code is Code.OK else exc.code
-        return b"", code, exc.message
-    except TimeoutError as exc:
-        if scope.expired():
-            return b"", Code.DEADLINE_EXCEEDED, "context deadline exceeded"
-        return _unexpected(ctx, exc)
-    except asyncio.CancelledError:
-        task = asyncio.current_task()
-        if task is not None and task.cancelling():
-            raise  # our connection or server is going away: no reply
-        # The handler awaited something that someone else cancelled.
-        return b"", Code.CANCELLED, "context canceled"
-    except Exception as exc:
-        mapped = error_status(exc)
-        if mapped is not None and mapped is not Code.OK:
-            return b"", mapped, str(exc)
-        return _unexpected(ctx, exc)
-
-
-def _unexpected(ctx: CallContext, exc: Exception) -> tuple[bytes, Code, str]:
-    log.error("ttrpc: %s/%s failed", ctx.service, ctx.method, exc_info=exc)
-    return b"", Code.UNKNOWN, f"{type(exc).__name__}: {exc}"
