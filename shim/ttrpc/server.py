@@ -362,7 +362,12 @@ class _Connection(asyncio.Protocol):
             self._reply_now(stream_id, Code.INVALID_ARGUMENT, f"unmarshal request error: {exc}")
             return
         if self._server.closing:
-            self._reply_now(stream_id, Code.UNAVAILABLE, "ttrpc: server closed")
+            # No reply: the caller learns from the connection closing, which
+            # containerd reads as ttrpc.ErrClosed. That is the answer it expects
+            # to a second Shutdown; an error status there makes it log a leaked
+            # shim and run the delete action against a sandbox being deleted.
+            log.debug("ttrpc: server closing, dropping %s/%s on stream %d",
+                      request.service, request.method, stream_id)
             return
         method = self._server.lookup(request.service, request.method)
         if isinstance(method, RpcError):
