@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 __all__ = ["forkserver_path", "request_daemon", "spawn_forkserver"]
 
 _REQUEST_TIMEOUT = 2.0
+_FORK_TIMEOUT = 10.0
 
 
 def _code_stamp() -> str:
@@ -38,17 +39,24 @@ def forkserver_path(socket_dir: str, address: str) -> str:
 
 
 def request_daemon(path: str, params: dict[str, Any], listen_fd: int, log_fd: int) -> bool:
-    """Ask a running forkserver for a daemon; False if there is none (or it failed)."""
+    """Ask a running forkserver for a daemon; False if there is none, it
+    failed, or it did not answer in time: then the caller forks its own, and
+    the forkserver (never told ``go``) forks nothing."""
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as s:
             s.settimeout(_REQUEST_TIMEOUT)
             s.connect(path)
             fds = [listen_fd] + ([log_fd] if log_fd >= 0 else [])
             # repr() of plain str/bool/dict values: no json import on this path;
             # the server reads it back with ast.literal_eval.
             socket.send_fds(s, [repr(params).encode()], fds)
-            s.shutdown(socket.SHUT_WR)
-            return s.recv(256) == b"ok"
+            if s.recv(256) != b"ok":
+                return False
+            s.sendall(b"go")
+            # Committed: the server forks as soon as it reads "go". Nothing but
+            # a forkserver dying in that instant ends this without "forked".
+            s.settimeout(_FORK_TIMEOUT)
+            return s.recv(16) == b"forked"
     except OSError:
         return False
 

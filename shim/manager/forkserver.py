@@ -16,15 +16,25 @@ does. SIGCHLD is ignored here, so the kernel reaps daemons that exit first.
 Code changes: the socket name hashes the shim's source files' mtimes, so an
 upgraded shim never gets a daemon forked from old code.
 
-Protocol (unix stream, same uid only): one request, the ``repr()`` of a dict
-of plain values (read back with ``ast.literal_eval``: no json import on the
-client's path) plus one or two fds (the listening socket, the log FIFO when
-there is one), answered ``ok`` or ``error: …``.
+Protocol (unix seqpacket, same uid only), three messages so that exactly one
+side forks the daemon even when the client gives up:
+
+1. client → server: the ``repr()`` of a dict of plain values (read back with
+   ``ast.literal_eval``: no json import on the client's path) plus one or two
+   fds (the listening socket, the log FIFO when there is one);
+2. server → client: ``ok`` (ready to fork) or ``error: …``;
+3. client → server: ``go``; the server forks and answers ``forked``.
+
+A client that stops waiting before 3 forks its own daemon; the server then
+sees the connection close instead of ``go`` and forks nothing. Every receive
+is bounded in size and time, and a request that fails in any way is answered
+(or dropped) without ending this process.
 """
 
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import signal
 import socket
@@ -35,16 +45,32 @@ __all__ = ["IDLE_EXIT", "serve"]
 
 IDLE_EXIT = 600.0
 _MAX_MESSAGE = 64 * 1024
+# How long one peer may hold this single-threaded server between messages:
+# well under the client's 2 s, so one silent peer does not fail the next start.
+PEER_TIMEOUT = 1.0
 
 
 def _recv_request(conn: socket.socket) -> tuple[dict[str, Any], list[int]]:
     import ast
 
-    msg, fds, _, _ = socket.recv_fds(conn, _MAX_MESSAGE, 2)
-    params = ast.literal_eval(msg.decode())
-    if not isinstance(params, dict):
-        raise ValueError("request is not a mapping")
+    msg, fds, flags, _ = socket.recv_fds(conn, _MAX_MESSAGE, 2)
+    if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
+        _close_all(fds)
+        raise ValueError(f"request over {_MAX_MESSAGE} bytes or 2 fds")
+    try:
+        params = ast.literal_eval(msg.decode())
+        if not isinstance(params, dict) or not isinstance(params.get("bundle"), str):
+            raise ValueError("request is not a mapping with a bundle")
+    except BaseException:
+        _close_all(fds)
+        raise
     return params, fds
+
+
+def _close_all(fds: list[int]) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
 
 
 def _same_user(conn: socket.socket) -> bool:
@@ -87,6 +113,10 @@ def serve(path: str, address: str, containerd_pid: int) -> None:
     import shim.task.create
 
     shim.daemon.serve.warm_up()
+    # Daemons share what is imported here copy-on-write; a collection in a
+    # daemon would touch (and so copy) every object the collector tracks.
+    gc.collect()
+    gc.freeze()
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)
 
     try:
@@ -98,7 +128,7 @@ def serve(path: str, address: str, containerd_pid: int) -> None:
         return
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
-    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     server.bind(path)
     os.chmod(path, 0o600)
     server.listen(64)
@@ -121,19 +151,21 @@ def _handle(conn: socket.socket, keep_closed: list[int]) -> None:
     try:
         if not _same_user(conn):
             return
+        conn.settimeout(PEER_TIMEOUT)
         params, fds = _recv_request(conn)
         if not fds:
             conn.sendall(b"error: no socket")
             return
-        _fork_daemon(params, fds, keep_closed)
         conn.sendall(b"ok")
-    except (OSError, ValueError, KeyError, SyntaxError) as e:
+        if conn.recv(16) != b"go":
+            return  # the client gave up and forks its own daemon
+        _fork_daemon(params, fds, keep_closed)
+        conn.sendall(b"forked")
+    except Exception as e:  # one bad request (MemoryError included) must not end the server
         with contextlib.suppress(OSError):
-            conn.sendall(f"error: {e}".encode())
+            conn.sendall(f"error: {type(e).__name__}: {str(e)[:200]}".encode())
     finally:
-        for fd in fds:
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        _close_all(fds)
 
 
 if __name__ == "__main__":

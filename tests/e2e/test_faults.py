@@ -155,3 +155,43 @@ def test_daemon_killed_between_steps(step: str, containerd: cd.Containerd, ctr: 
     clean_up(ctr, cid)
     for proc in execs:
         proc.wait(timeout=30)
+
+
+def _forkservers(address: Path) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        words = leftovers._words(proc.info["cmdline"] or [])
+        if leftovers.is_forkserver(words) and str(address) in words:
+            found.append(proc)
+    return found
+
+
+def test_forkserver_killed_while_containers_run(containerd: cd.Containerd, ctr: cd.Ctr,
+                                                busybox: str, gvisorgpu: list[str],
+                                                container_id: Callable[[str], str]) -> None:
+    """Daemons do not depend on the forkserver that forked them: killed, the
+    running containers keep being served and the next start launches another."""
+    first, second = container_id("fsk1"), container_id("fsk2")
+    for cid in (first, second):
+        out = ctr("run", "-d", *gvisorgpu, busybox, cid, "sleep", "60")
+        assert out.returncode == 0, out.stderr
+    deadline = time.monotonic() + 20
+    while not (servers := _forkservers(containerd.address)):
+        assert time.monotonic() < deadline, "the first start launched no forkserver"
+        time.sleep(0.1)
+    for proc in servers:
+        proc.kill()
+    psutil.wait_procs(servers, timeout=10)
+    try:
+        for cid in (first, second):
+            out = ctr("task", "exec", "--exec-id", "after", cid, "echo", f"still {cid}")
+            assert (out.returncode, out.stdout.strip()) == (0, f"still {cid}"), out.stderr
+        out = ctr("run", "--rm", *gvisorgpu, busybox, container_id("fsk3"), "echo", "new")
+        assert (out.returncode, out.stdout.strip()) == (0, "new"), out.stderr
+        deadline = time.monotonic() + 20
+        while not _forkservers(containerd.address):
+            assert time.monotonic() < deadline, "no forkserver launched again"
+            time.sleep(0.1)
+    finally:
+        for cid in (first, second):
+            clean_up(ctr, cid)

@@ -24,7 +24,8 @@ def _bundle(tmp_path: Path, files: list[str]) -> tuple[Path, Path, Path]:
     runsc.chmod(0o755)
     bundle = tmp_path / "bundle"
     bundle.mkdir()
-    (bundle / STATE_FILE).write_text(json.dumps({"root": str(root), "binary": str(runsc), "args": []}))
+    state = {"root": str(root), "binary": str(runsc), "args": []}
+    (bundle / STATE_FILE).write_text(json.dumps(state))
     return bundle, root, calls
 
 
