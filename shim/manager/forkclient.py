@@ -4,10 +4,11 @@ containerd's critical path."""
 
 from __future__ import annotations
 
-import hashlib
 import os
-import socket
 import sys
+from _socket import SOCK_SEQPACKET
+
+from shim.manager.address import send_fds, sha256_hex, unix_socket
 
 TYPE_CHECKING = False  # True for type checkers; `typing` costs ~5 ms at runtime
 if TYPE_CHECKING:
@@ -20,7 +21,7 @@ _FORK_TIMEOUT = 10.0
 
 
 def _code_stamp() -> str:
-    h = hashlib.sha256(sys.executable.encode())
+    parts = [sys.executable]
     # The whole `shim` package: a daemon forked from old code must never serve.
     stack = [os.path.dirname(os.path.dirname(os.path.abspath(__file__)))]
     while stack:
@@ -29,12 +30,12 @@ def _code_stamp() -> str:
                 if entry.is_dir() and entry.name != "__pycache__":
                     stack.append(entry.path)
                 elif entry.name.endswith(".py"):
-                    h.update(f"{entry.path}:{entry.stat().st_mtime_ns}".encode())
-    return h.hexdigest()[:16]
+                    parts.append(f"{entry.path}:{entry.stat().st_mtime_ns}")
+    return sha256_hex("\n".join(parts).encode())[:16]
 
 
 def forkserver_path(socket_dir: str, address: str) -> str:
-    key = hashlib.sha256(f"{address}|{_code_stamp()}".encode()).hexdigest()[:32]
+    key = sha256_hex(f"{address}|{_code_stamp()}".encode())[:32]
     return os.path.join(socket_dir, f"gvisorgpu-fs-{key}")
 
 
@@ -42,23 +43,24 @@ def request_daemon(path: str, params: dict[str, Any], listen_fd: int, log_fd: in
     """Ask a running forkserver for a daemon; False if there is none, it
     failed, or it did not answer in time: then the caller forks its own, and
     the forkserver (never told ``go``) forks nothing."""
+    s = unix_socket(SOCK_SEQPACKET)
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as s:
-            s.settimeout(_REQUEST_TIMEOUT)
-            s.connect(path)
-            fds = [listen_fd] + ([log_fd] if log_fd >= 0 else [])
-            # repr() of plain str/bool/dict values: no json import on this path;
-            # the server reads it back with ast.literal_eval.
-            socket.send_fds(s, [repr(params).encode()], fds)
-            if s.recv(256) != b"ok":
-                return False
-            s.sendall(b"go")
-            # Committed: the server forks as soon as it reads "go". Nothing but
-            # a forkserver dying in that instant ends this without "forked".
-            s.settimeout(_FORK_TIMEOUT)
-            return s.recv(16) == b"forked"
+        s.settimeout(_REQUEST_TIMEOUT)
+        s.connect(path)
+        # repr() of plain str/bool/dict values: no json import on this path;
+        # the server reads it back with ast.literal_eval.
+        send_fds(s, repr(params).encode(), [listen_fd] + ([log_fd] if log_fd >= 0 else []))
+        if s.recv(256) != b"ok":
+            return False
+        s.sendall(b"go")
+        # Committed: the server forks as soon as it reads "go". Nothing but
+        # a forkserver dying in that instant ends this without "forked".
+        s.settimeout(_FORK_TIMEOUT)
+        return s.recv(16) == b"forked"
     except OSError:
         return False
+    finally:
+        s.close()
 
 
 def spawn_forkserver(path: str, address: str, containerd_pid: int) -> None:

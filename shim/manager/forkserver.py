@@ -95,8 +95,7 @@ def _fork_daemon(params: dict[str, Any], fds: list[int], keep_closed: list[int])
         os.chdir(params["bundle"])
         from shim.manager.start import become_daemon
 
-        sock = socket.socket(fileno=fds[0])
-        become_daemon(params, sock, fds[1] if len(fds) > 1 else -1)
+        become_daemon(params, fds[0], fds[1] if len(fds) > 1 else -1)
     finally:
         os._exit(1)
 

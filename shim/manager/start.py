@@ -17,7 +17,6 @@ from shim.manager.address import SOCKET_DIR, connectable, listen, socket_path, w
 
 TYPE_CHECKING = False  # True for type checkers only
 if TYPE_CHECKING:
-    import socket
     from typing import Any, NoReturn
 
     from shim.manager.flags import ShimFlags
@@ -56,7 +55,7 @@ def start_action(flags: ShimFlags) -> int:
     server = forkclient.forkserver_path(SOCKET_DIR, flags.address)
     if not forkclient.request_daemon(server, params, sock.fileno(), log_fd):
         if os.fork() == 0:
-            become_daemon(params, sock, log_fd)  # never returns
+            become_daemon(params, sock.detach(), log_fd)  # never returns
         # The next start finds a warm forkserver instead of paying the imports.
         forkclient.spawn_forkserver(server, flags.address, os.getppid())
     sock.close()
@@ -97,7 +96,7 @@ def _open_log(bundle: str) -> int:
         return -1
 
 
-def become_daemon(params: dict[str, Any], sock: socket.socket, log_fd: int) -> NoReturn:
+def become_daemon(params: dict[str, Any], listen_fd: int, log_fd: int) -> NoReturn:
     """In a forked child: detach, point stdio at the log FIFO, serve, exit."""
     code = 1
     try:
@@ -107,16 +106,18 @@ def become_daemon(params: dict[str, Any], sock: socket.socket, log_fd: int) -> N
         os.dup2(null, 0)
         os.dup2(out, 1)
         os.dup2(out, 2)
-        os.closerange(3, sock.fileno())
-        os.closerange(sock.fileno() + 1, 65536)
+        os.closerange(3, listen_fd)
+        os.closerange(listen_fd + 1, 65536)
         from shim.manager.title import daemon_title, set_title
 
         set_title(daemon_title(params["namespace"], params["group"], params["address"]))
+        import socket
+
         from shim.daemon.serve import serve
 
-        code = serve(sock, namespace=params["namespace"], address=params["address"],
-                     container_id=params["id"], socket_file=params["socket_file"],
-                     debug=bool(params["debug"]))
+        code = serve(socket.socket(fileno=listen_fd), namespace=params["namespace"],
+                     address=params["address"], container_id=params["id"],
+                     socket_file=params["socket_file"], debug=bool(params["debug"]))
     except BaseException:  # the child must never return into start's code
         import traceback
 

@@ -45,6 +45,7 @@ from tests.e2e.test_cri_pods import (
     remove_pod,
     run_pod,
     start_sleeper,
+    wait_stopped,
 )
 from tests.e2e.test_gpu import CDI_SPEC
 
@@ -212,6 +213,8 @@ def test_a_container_gets_exactly_its_allocation(
             # crashes creating it (runsc/boot.createDeviceFile).
             with pytest.raises(GRPCError, match=r"containerManager\.StartSubcontainer"):
                 c.start(gpu)
+            # The whole sandbox died, and `thief` with it.
+            assert wait_stopped(env, thief) == ContainerState.CONTAINER_EXITED
         record = log.created(gpu)
         assert record["msg"] == "starting container with nvproxy", record
         devices = {"device-node": "/dev/nvidiactl, /dev/nvidia1",

@@ -191,6 +191,18 @@ def start_sleeper(env: cri.CriEnv, pod: cri.Pod, name: str) -> str:
     return cid
 
 
+def wait_stopped(env: cri.CriEnv, container_id: str, timeout: float = 10) -> ContainerState:
+    """A container's state once it is no longer running (or after `timeout`).
+    A kubelet sees a container's exit in its status before it removes the pod;
+    removing it earlier races containerd's own exit handling (its CRI plugin
+    refuses to remove a pod whose container it still records as running)."""
+    deadline = time.monotonic() + timeout
+    while (state := env.cri.status(container_id).state) == ContainerState.CONTAINER_RUNNING \
+            and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return state
+
+
 def remove_pod(env: cri.CriEnv, pod: cri.Pod) -> None:
     env.cri.stop_pod(pod.id)
     env.cri.remove_pod(pod.id)
@@ -509,11 +521,7 @@ def _start_gpu_member_without_a_gpu(env: cri.CriEnv, gpu_files: GpuFiles) -> Cra
     gpu = c.call(c.runtime.create_container(request)).container_id
     with pytest.raises(GRPCError) as failed:
         c.start(gpu)
-    deadline = time.monotonic() + 10
-    while (c.status(bystander).state == ContainerState.CONTAINER_RUNNING
-           and time.monotonic() < deadline):
-        time.sleep(0.1)
-    crash = Crash(failed.value.message or "", c.status(bystander).state)
+    crash = Crash(failed.value.message or "", wait_stopped(env, bystander))
     c.remove(gpu)
     remove_pod(env, pod)
     assert_clean(env)
