@@ -22,12 +22,21 @@ def load_script(filename: str, name: str) -> ModuleType:
     return module
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def interrupt_when(argv: list[str], marker: str, sig: signal.Signals,
                    timeout: float) -> tuple[int, str]:
     """Run ``argv``, send it ``sig`` once a line of its output starts with
-    ``marker``, and let it finish; (exit status, all it printed)."""
+    ``marker``, and let it finish; (exit status, all it printed).
+
+    The child starts with SIGINT at its default, as a terminal's foreground
+    job does: a suite started in the background (``cmd &`` in a script) has
+    SIGINT ignored, and Python keeps an inherited SIG_IGN for SIGINT, so the
+    interrupt would never arrive."""
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+                            stderr=subprocess.STDOUT, text=True, preexec_fn=_default_sigint)
     seen: list[str] = []
     try:
         assert proc.stdout is not None

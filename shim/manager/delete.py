@@ -19,6 +19,7 @@ import time
 
 from shim.manager.address import connectable, socket_path
 from shim.oci.layout import PID_FILE, STATE_FILE
+from shim.oci.runsc_root import has_state, remove_stale_locks
 
 TYPE_CHECKING = False  # True for type checkers only
 if TYPE_CHECKING:
@@ -87,8 +88,8 @@ def _runsc_delete(bundle: str, container_id: str) -> None:
     root = state.get("root")
     if not root or not os.path.isdir(root):
         return  # the daemon already deleted it
-    if not _has_state(root, container_id):
-        _remove_stale_locks(root, container_id)
+    if not has_state(root, container_id):
+        remove_stale_locks(root, container_id)
         return  # the daemon already deleted it
     argv = [state["binary"], *state["args"], "delete", "--force", container_id]
     try:
@@ -102,40 +103,9 @@ def _runsc_delete(bundle: str, container_id: str) -> None:
         if done.returncode != 0:
             sys.stderr.write(f"runsc delete --force {container_id} failed: "
                              f"{done.stderr.decode(errors='replace').strip()[-500:]}\n")
-    try:
-        os.rmdir(root)
-    except OSError:
-        pass  # other containers of the pod still use it
+    # A racing delete by the daemon may have left runsc's lock behind.
+    remove_stale_locks(root, container_id)
     _remove_filestore(bundle, container_id)
-
-
-def _own_files(root: str, container_id: str, suffix: str) -> list[str]:
-    """runsc's files for exactly this id: ``<id>.state`` in 2022 builds,
-    ``<id>_sandbox:<sandbox>.state`` later, each with a ``.lock`` beside it.
-    Exact, because runsc resolves ids by prefix: asking it to delete a gone
-    ``app-1`` in a pod's root could find ``app-10``."""
-    return [name for name in os.listdir(root)
-            if name.endswith(suffix)
-            and (name == f"{container_id}{suffix}" or name.startswith(f"{container_id}_sandbox:"))]
-
-
-def _has_state(root: str, container_id: str) -> bool:
-    """Whether runsc still has state for exactly this id. A lock file alone is
-    not state: a ``runsc delete`` that finds the container already gone
-    leaves the lock it took."""
-    return bool(_own_files(root, container_id, ".state"))
-
-
-def _remove_stale_locks(root: str, container_id: str) -> None:
-    for name in _own_files(root, container_id, ".lock"):
-        try:
-            os.unlink(os.path.join(root, name))
-        except OSError:
-            pass  # gone already
-    try:
-        os.rmdir(root)
-    except OSError:
-        pass  # other containers of the pod still use it
 
 
 def _remove_filestore(bundle: str, container_id: str) -> None:

@@ -1,2 +1,3 @@
 """The OCI bundle: its spec (``bundle``), the files the shim keeps beside it
-(``layout``), rootfs mounts (``mount``) and identifier checks (``ids``)."""
+(``layout``), rootfs mounts (``mount``), identifier checks (``ids``) and
+runsc's files in its root (``runsc_root``)."""

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from shim.errors import AlreadyExists, FailedPrecondition, NotFound
-from shim.oci import mount
+from shim.oci import mount, runsc_root
 from shim.oci.layout import PID_FILE, STATE_FILE
 from shim.runsc import (
     CheckpointOptions,
@@ -413,7 +413,9 @@ class Container:
         if self._rootfs_mounted:
             mount.unmount_all(os.path.join(self.bundle, "rootfs"))
             self._rootfs_mounted = False
-        host.remove_root(self.params.runsc.root)
+        if self.params.runsc.root:
+            # Also the lock a racing `delete` action's runsc may have left.
+            runsc_root.remove_stale_locks(self.params.runsc.root, self.id)
         host.remove_cgroup(self.params.cgroups_path)
 
 

@@ -1,7 +1,7 @@
 """What a container leaves on the host beside runsc's own state, and how the
 shim tells whether its sandbox still lives: the bundle's state file for the
-``delete`` action, the per-sandbox runsc root, empty cgroups a crashed sandbox
-left, and the sandbox process itself."""
+``delete`` action, empty cgroups a crashed sandbox left, and the sandbox
+process itself. The runsc root's own files are ``shim.oci.runsc_root``'s."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 from shim.oci.layout import STATE_FILE
 from shim.runsc import GlobalOptions
 
-__all__ = ["gone_soon", "remove_cgroup", "remove_root", "sandbox_alive", "write_state"]
+__all__ = ["gone_soon", "remove_cgroup", "sandbox_alive", "write_state"]
 
 async def gone_soon(pid: int, within: float = 2.0) -> bool:
     """Whether the sandbox process ``pid`` is, or within ``within`` s is, gone;
@@ -57,10 +57,3 @@ def remove_cgroup(cgroups_path: str, root: str = _CGROUP_ROOT) -> None:
         for hierarchy in hierarchies:
             with contextlib.suppress(OSError):
                 os.rmdir(os.path.join(hierarchy, rel))
-
-
-def remove_root(root: str | None) -> None:
-    """Remove the sandbox's own runsc root once runsc has nothing left in it."""
-    if root and os.path.isdir(root) and not os.listdir(root):
-        with contextlib.suppress(OSError):
-            os.rmdir(root)

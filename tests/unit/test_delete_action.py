@@ -53,3 +53,14 @@ def test_another_containers_files_are_left_alone(tmp_path: Path, files: list[str
     delete._runsc_delete(str(bundle), "app")
     assert not calls.exists()
     assert sorted(os.listdir(root)) == files
+
+
+def test_a_lock_left_by_a_racing_delete_is_removed(tmp_path: Path) -> None:
+    # The daemon deletes the container while this runsc looks it up: runsc
+    # re-creates the lock, finds no state and fails, leaving the lock.
+    bundle, root, _ = _bundle(tmp_path, ["app_sandbox:pod.state", "app_sandbox:pod.lock"])
+    Path(tmp_path / "runsc").write_text(
+        f'#!/bin/sh\nrm "{root}/app_sandbox:pod.state"\n'
+        'echo "container not found" >&2\nexit 1\n')
+    delete._runsc_delete(str(bundle), "app")
+    assert not root.exists()

@@ -288,6 +288,20 @@ async def test_an_exit_during_an_operation_is_not_overwritten(member: Harness) -
 
 
 @pytest.mark.asyncio
+async def test_delete_leaves_no_lock_a_racing_runsc_left(member: Harness) -> None:
+    # Another runsc looking c1 up while the daemon's delete ran (containerd's
+    # `delete` action) re-creates c1's lock after the state is gone.
+    root = Path(member.params.runsc.root or "")
+    c = await member.into(State.STOPPED)
+    (root / "c1_sandbox:pod-1.lock").write_text("")
+    (root / "c10_sandbox:pod-1.lock").write_text("")
+    (root / "c10_sandbox:pod-1.state").write_text("")
+    await c.delete("")
+    # c10 (a prefix match for runsc, not for the shim) keeps its files.
+    assert sorted(os.listdir(root)) == ["c10_sandbox:pod-1.lock", "c10_sandbox:pod-1.state"]
+
+
+@pytest.mark.asyncio
 async def test_a_members_forked_children_die_with_its_init(member: Harness) -> None:
     c = await member.into(State.RUNNING)
     await member.init_exits(0)
