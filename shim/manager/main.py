@@ -7,9 +7,14 @@ or ``-info``; people run ``plan``, ``doctor`` and ``version`` with ordinary
 
 from __future__ import annotations
 
+import os
 import sys
 
 from shim.about import NAME, RUNTIME, VERSION
+
+TYPE_CHECKING = False  # True for type checkers only
+if TYPE_CHECKING:
+    from typing import NoReturn
 
 __all__ = ["main"]
 
@@ -47,13 +52,24 @@ def main(argv: list[str] | None = None) -> int:
     if flags.action == "start":
         from shim.manager.start import start_action
 
-        return start_action(flags)
+        _exit_now(start_action(flags))
     if flags.action == "delete":
         from shim.manager.delete import delete_action
 
-        return delete_action(flags)
+        _exit_now(delete_action(flags))
     sys.stderr.write(f"{NAME}: unknown action {flags.action!r}\n{_USAGE}")
     return 2
+
+
+def _exit_now(code: int) -> NoReturn:
+    """End an action without the interpreter's teardown. containerd waits for
+    ``start`` and ``delete`` to exit on every container's critical path, and
+    tearing down the modules (~2 ms) does nothing for a process that holds no
+    resources beyond what the kernel releases; only unflushed output would be
+    lost, so flush it first."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":
